@@ -1,0 +1,1 @@
+"""autoresearch MCP server: owns the experiment loop so the agent only decides."""
