@@ -1,0 +1,90 @@
+"""The human-owned configuration: `autoresearch.toml` at the repository root (all keys optional)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from server.errors import ConfigError
+
+CONFIG_NAME = "autoresearch.toml"
+# Environment overrides, for the launcher (.mcp.json, the demo, tests); the agent cannot set them.
+ENV_OVERRIDES = {
+    "AUTORESEARCH_TAG": "tag",
+    "AUTORESEARCH_TIME_BUDGET": "time_budget",
+    "AUTORESEARCH_TIMEOUT": "timeout",
+    "AUTORESEARCH_EVAL_TOKENS": "eval_tokens",
+    "AUTORESEARCH_STATE_DIR": "state_dir",
+}
+
+
+class Config(BaseModel):
+    """Everything the server knows about the experiment it drives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tag: str = Field("default", description="run tag; the run branch is autoresearch/<tag>")
+    editable: str = Field("experiment/train.py", description="the one file the agent may change")
+    locked: list[str] = Field(default_factory=lambda: ["experiment/prepare.py"])
+    command: list[str] = Field(
+        default_factory=lambda: ["{python}", "experiment/train.py"],
+        description="argv run in the snapshot; {python} is the server's interpreter",
+    )
+    metric: str = "val_bpb"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    time_budget: float = Field(300.0, gt=0, description="seconds of training per experiment")
+    timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = 2 x budget + 60")
+    budget_tolerance: float = Field(0.05, ge=0, description="fraction over budget still accepted")
+    eval_tokens: int = Field(40 * 524288, gt=0)
+    kill_grace: float = Field(5.0, ge=0, description="seconds between SIGTERM and SIGKILL")
+    max_log_bytes: int = Field(5_000_000, ge=10_000)
+    max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
+    state_dir: str = ".autoresearch"
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for each run")
+
+    @field_validator("tag")
+    @classmethod
+    def _tag_is_ref_safe(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:
+            raise ValueError("tag must be letters, digits, '.', '_' or '-' (e.g. nov25)")
+        return value
+
+    @property
+    def hard_timeout(self) -> float:
+        return self.timeout or 2 * self.time_budget + 60
+
+    def argv(self) -> list[str]:
+        return [sys.executable if part == "{python}" else part for part in self.command]
+
+    def better(self, metric: float, best: float | None) -> bool:
+        """Strictly better in the metric's direction."""
+        if best is None:
+            return True
+        return metric < best if self.direction == "minimize" else metric > best
+
+
+def load_config(root: Path) -> Config:
+    """Read autoresearch.toml (if present) and apply environment overrides."""
+    data: dict[str, object] = {}
+    path = root / CONFIG_NAME
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{CONFIG_NAME} is not valid TOML ({exc}); fix it and restart.") from exc
+        data = dict(raw.get("autoresearch", raw))
+    for var, key in ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            data[key] = os.environ[var]
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{CONFIG_NAME}: {where}: {first['msg']}; fix it and restart.") from exc

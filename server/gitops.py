@@ -1,0 +1,142 @@
+"""Git bookkeeping through plumbing commands: run commits are built in a private index, so the user's
+index and working tree are never touched except for the editable file.
+
+Refs: refs/heads/autoresearch/<tag> points only at kept runs; refs/autoresearch/<tag>/<id> keeps every run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+import git
+from gitdb.base import IStream  # type: ignore[import-untyped]
+
+from server.errors import RepoError
+from server.history import atomic_write
+
+
+def open_repo(root: Path) -> git.Repo:
+    """The repository at root, refused with one clear sentence when the loop cannot use it."""
+    try:
+        repo = git.Repo(root)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+        raise RepoError(
+            f"{root} is not a git repository; run `git init` and commit your files first."
+        ) from exc
+    if not repo.head.is_valid():
+        raise RepoError(
+            "the repository has no commits yet; commit your files (git add -A && git commit) first."
+        )
+    return repo
+
+
+def run_branch(tag: str) -> str:
+    return f"autoresearch/{tag}"
+
+
+def run_ref(tag: str, run_id: int) -> str:
+    return f"refs/autoresearch/{tag}/{run_id}"
+
+
+def resolve(repo: git.Repo, ref: str) -> str | None:
+    """The commit a ref points at, or None when it does not exist."""
+    try:
+        return str(repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}"))
+    except git.GitCommandError:
+        return None
+
+
+def current_branch(repo: git.Repo) -> str | None:
+    """The checked-out branch name, or None for a detached HEAD."""
+    return None if repo.head.is_detached else repo.active_branch.name
+
+
+def blob(repo: git.Repo, commit: str, path: str) -> bytes | None:
+    """A file's bytes at a commit, or None when the file is not in that commit."""
+    try:
+        return bytes(repo.git.show(f"{commit}:{path}", stdout_as_string=False, strip_newline_in_stdout=False))
+    except git.GitCommandError:
+        return None
+
+
+def is_clean(repo: git.Repo, path: str) -> bool:
+    """True when path has no staged or unstaged change against HEAD."""
+    return not repo.git.status("--porcelain", "--", path).strip()
+
+
+def commit_file(repo: git.Repo, parent: str, path: str, content: bytes, message: str) -> str:
+    """A new commit: parent's tree with one file replaced, built in a private index."""
+    sha = repo.odb.store(IStream("blob", len(content), io.BytesIO(content))).hexsha.decode()
+    fd, index = tempfile.mkstemp(prefix="autoresearch-index-")
+    os.close(fd)
+    env = {"GIT_INDEX_FILE": index}
+    try:
+        repo.git.read_tree(parent, env=env)
+        mode = _file_mode(repo, parent, path)
+        repo.git.update_index("--add", "--cacheinfo", f"{mode},{sha},{path}", env=env)
+        tree = repo.git.write_tree(env=env)
+    finally:
+        Path(index).unlink(missing_ok=True)
+    return str(repo.git.commit_tree(tree, "-p", parent, "-m", message, env=_identity()))
+
+
+def _file_mode(repo: git.Repo, commit: str, path: str) -> str:
+    entry = repo.git.ls_tree(commit, "--", path).split()
+    return entry[0] if entry else "100644"
+
+
+def _identity() -> dict[str, str]:
+    """An author for run commits even on machines where git has no user configured."""
+    env = {}
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", os.environ.get(f"GIT_{role}_NAME", "autoresearch"))
+        env.setdefault(f"GIT_{role}_EMAIL", os.environ.get(f"GIT_{role}_EMAIL", "autoresearch@localhost"))
+    return env
+
+
+def update_ref(repo: git.Repo, ref: str, new: str, old: str | None = None) -> None:
+    """Move a ref, atomically checking its old value when given."""
+    args = [ref, new] + ([old] if old else [])
+    repo.git.update_ref("-m", "autoresearch", *args)
+
+
+def sync_worktree_file(repo: git.Repo, commit: str, path: str) -> None:
+    """Make the working tree and the index hold path exactly as in commit; nothing else changes."""
+    content = blob(repo, commit, path)
+    if content is None:
+        raise RepoError(f"{path} is not in commit {commit[:7]}; check the configuration's editable path.")
+    target = Path(repo.working_tree_dir or ".") / path
+    if not target.exists() or target.read_bytes() != content:
+        atomic_write(target, content)
+    try:
+        repo.git.reset("-q", commit, "--", path)
+    except git.GitCommandError as exc:
+        raise RepoError(_git_hint(exc)) from exc
+
+
+def _git_hint(exc: git.GitCommandError) -> str:
+    text = str(exc.stderr or exc)
+    if "index.lock" in text:
+        return "git's index is locked (.git/index.lock); if no git command is running, delete that file and retry."
+    return f"git failed: {text.strip()[:300]}"
+
+
+def export_tree(repo: git.Repo, commit: str, dest: Path) -> None:
+    """Write commit's files into dest (a fresh folder), the snapshot that a run executes."""
+    data = repo.git.archive("--format=tar", commit, stdout_as_string=False)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(dest, filter="data")
+
+
+def unified_diff(old: str, new: str, path: str, context: int = 2) -> str:
+    """A compact unified diff, empty when nothing changed."""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}", n=context
+    )
+    return "".join(line if line.endswith("\n") else line + "\n" for line in lines)

@@ -1,0 +1,91 @@
+"""One operation at a time per repository, across threads and server processes.
+
+The lock is an flock on <state_dir>/lock; the file also says who holds it (JSON), so a loser can be told
+who is running what, and so a server that was killed mid-run leaves behind what recovery needs: the
+kernel drops the flock with the dead process, but the description of its run stays in the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from server.errors import BusyError
+
+
+class RepoLock:
+    """An exclusive, non-blocking lock whose file holds the holder's description."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any]:
+        """The holder's description (or a dead holder's), {} when none."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @contextmanager
+    def hold(self, op: str) -> Iterator[Held]:
+        """Take the lock or raise BusyError naming the holder."""
+        held = self.acquire(op)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    def acquire(self, op: str) -> Held:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BusyError(busy_message(self.read())) from None
+        stale = self.read()
+        held = Held(fd, self.path, stale)
+        held.describe({"op": op})
+        return held
+
+
+class Held:
+    """A taken lock. `stale` is what the previous holder left: a run there means that holder died."""
+
+    def __init__(self, fd: int, path: Path, stale: dict[str, Any]) -> None:
+        self.fd, self.path, self.stale = fd, path, stale
+
+    def describe(self, info: dict[str, Any]) -> None:
+        """Record what this holder is doing, for busy messages and for recovery after a crash."""
+        data = json.dumps({"pid": os.getpid(), "since": time.time(), **info}).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
+        os.fsync(self.fd)
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        os.ftruncate(self.fd, 0)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def busy_message(info: dict[str, Any]) -> str:
+    """One sentence naming the holder and, for a run, its time left."""
+    if info.get("op") == "run":
+        left = max(0, int(float(info.get("deadline", 0)) - time.time()))
+        return (
+            f"busy: run {info.get('run_id')} ({info.get('description', '')!r}) is running in process "
+            f"{info.get('pid')}, at most {left // 60} min {left % 60} s left; wait, then call get_history."
+        )
+    if info.get("op"):
+        return f"busy: process {info.get('pid')} is doing {info['op']}; retry in a moment."
+    return "busy: another autoresearch process holds the lock; retry in a moment."

@@ -1,0 +1,359 @@
+"""The loop's domain: the editable file, runs, and keep/discard decisions, over git and the history.
+
+Nothing here knows about MCP; app.py and cli.py are thin layers over Lab.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from server import gitops, pins
+from server.config import CONFIG_NAME, Config
+from server.errors import InvalidInputError, RepoError, StateError
+from server.history import History, RunRecord, atomic_write, best_run, now
+from server.lock import Held, RepoLock
+from server.outcome import classify
+from server.runner import Execution, LocalRunner, Runner, RunSpec, kill_by_token
+
+log = logging.getLogger("autoresearch")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace the one exact occurrence of `old` with `new`."""
+
+    old: str
+    new: str
+
+
+@dataclass
+class ActiveRun:
+    """A started run: its record, its process and the lock it holds until it is collected."""
+
+    record: RunRecord
+    execution: Execution
+    held: Held
+    snapshot: Path
+    deadline: float
+
+
+class Lab:
+    """One repository, one run tag."""
+
+    def __init__(self, root: Path, config: Config, runner: Runner | None = None) -> None:
+        self.config = config
+        self.repo = gitops.open_repo(root)
+        self.root = Path(self.repo.working_tree_dir or root)
+        self.runner = runner or LocalRunner()
+        self.state = self.root / config.state_dir
+        self.history = History(self.state / config.tag)
+        self.lock = RepoLock(self.state / "lock")
+        self.pins_path = self.history.folder / "pins.json"
+        self.branch = gitops.run_branch(config.tag)
+        self._ignore_state_dir()
+        with self.lock.hold("open") as held:
+            self._recover(held)
+            self._start_tag()
+
+    # -- set-up and recovery ------------------------------------------------------------------------------
+
+    def _ignore_state_dir(self) -> None:
+        """Keep the state folder out of `git status` without touching the user's .gitignore."""
+        exclude = Path(self.repo.git_dir) / "info" / "exclude"
+        entry = f"/{self.config.state_dir.strip('/')}/"
+        text = exclude.read_text() if exclude.exists() else ""
+        if entry not in text.split("\n"):
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + entry + "\n")
+
+    def _recover(self, held: Held) -> None:
+        """A run left in the lock file means its server died: kill what is left, record it interrupted."""
+        self.history.runs(repair=True)
+        stale = held.stale
+        if stale.get("op") == "run" and stale.get("token"):
+            killed = kill_by_token(str(stale["token"]))
+            log.warning(
+                "recovered run %s of a dead server; killed %d process(es)", stale.get("run_id"), killed
+            )
+        for run in self.history.runs():
+            if run.status == "running":
+                reason = "the server stopped during the run; its processes were killed on restart"
+                ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
+                self.history.record(ended, "end")
+                shutil.rmtree(self.history.run_dir(run.id) / "tree", ignore_errors=True)
+
+    def _start_tag(self) -> None:
+        """First use of a tag: branch autoresearch/<tag> at HEAD, HEAD on it, locked files pinned."""
+        branch_tip = gitops.resolve(self.repo, f"refs/heads/{self.branch}")
+        if branch_tip is None:
+            self._create_branch()
+        head = gitops.current_branch(self.repo)
+        if head != self.branch:
+            where = "a detached HEAD" if head is None else f"branch {head!r}"
+            raise RepoError(
+                f"the run branch {self.branch} exists but the checkout is on {where}; run "
+                f"`git switch {self.branch}` (or set another tag in {CONFIG_NAME})."
+            )
+        if not self.pins_path.exists():
+            self.pin()
+
+    def _create_branch(self) -> None:
+        if self.repo.head.is_detached:
+            raise RepoError("HEAD is detached; `git switch` to a branch before starting a run tag.")
+        kept = best_run(self.history.runs())
+        start = kept.commit if kept else self.repo.head.commit.hexsha
+        self.repo.git.branch(self.branch, start)
+        if start == self.repo.head.commit.hexsha:
+            self.repo.git.symbolic_ref("HEAD", f"refs/heads/{self.branch}")
+
+    def pin(self) -> dict[str, str]:
+        """Pin the committed locked files and the configuration (a human act: the CLI's `pin`)."""
+        dirty = [p for p in self.config.locked if not gitops.is_clean(self.repo, p)]
+        if dirty:
+            raise RepoError(f"{dirty[0]} has uncommitted changes; commit or restore it before pinning.")
+        new = {p: pins.digest(self.root / p) for p in [*self.config.locked, CONFIG_NAME]}
+        pins.save_pins(self.pins_path, new)
+        return new
+
+    # -- the editable file ------------------------------------------------------------------------------
+
+    @property
+    def editable_path(self) -> Path:
+        return self.root / self.config.editable
+
+    def tip(self) -> str:
+        tip = gitops.resolve(self.repo, f"refs/heads/{self.branch}")
+        if tip is None:
+            raise RepoError(f"the run branch {self.branch} is gone; restart the server to recreate it.")
+        return tip
+
+    def kept_content(self) -> str:
+        data = gitops.blob(self.repo, self.tip(), self.config.editable)
+        return data.decode("utf-8", "replace") if data is not None else ""
+
+    def current_content(self) -> str:
+        try:
+            return self.editable_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return ""
+        except UnicodeDecodeError as exc:
+            raise StateError(f"{self.config.editable} is not UTF-8 text; write_train a new version.") from exc
+
+    def write(self, content: str | None = None, edits: list[Edit] | None = None) -> str:
+        """Validate and atomically write the editable file; the diff against the kept version."""
+        if (content is None) == (not edits):
+            raise InvalidInputError(
+                "give either `content` (the whole file) or `edits` (search/replace pairs)."
+            )
+        with self.lock.hold("write_train"):
+            self._refuse_if_pending("write_train")
+            new = content if content is not None else apply_edits(self.current_content(), edits or [])
+            data = validate_source(new, self.config.editable, self.config.max_file_bytes)
+            atomic_write(self.editable_path, data)
+        return gitops.unified_diff(self.kept_content(), new, self.config.editable)
+
+    # -- runs ---------------------------------------------------------------------------------------------
+
+    def pending(self) -> RunRecord | None:
+        """The latest run if it finished well and awaits keep or discard."""
+        runs = self.history.runs()
+        last = runs[-1] if runs else None
+        return last if last and last.status == "ok" and last.decision is None else None
+
+    def best(self) -> RunRecord | None:
+        return best_run(self.history.runs())
+
+    def _refuse_if_pending(self, action: str) -> None:
+        run = self.pending()
+        if run is not None:
+            raise StateError(
+                f"run {run.id} ({run.description!r}) finished with {self.config.metric} {run.metric} and awaits "
+                f"a decision; call keep or discard before {action}."
+            )
+
+    def start_run(self, description: str) -> ActiveRun:
+        """Commit the candidate, export that commit as a snapshot and start it; the lock stays held."""
+        held = self.lock.acquire("run")
+        try:
+            return self._start_locked(description, held)
+        except BaseException:
+            held.release()
+            raise
+
+    def _start_locked(self, description: str, held: Held) -> ActiveRun:
+        self._recover(held)
+        self._refuse_if_pending("run_experiment")
+        pinned = pins.load_pins(self.pins_path)
+        pins.check(pinned, self.root, self.config.tag)
+        parent = self.tip()
+        run_id = self.history.next_id()
+        data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
+        message = f"autoresearch {self.config.tag} run {run_id}: {description}"
+        commit = gitops.commit_file(self.repo, parent, self.config.editable, data, message)
+        gitops.update_ref(self.repo, gitops.run_ref(self.config.tag, run_id), commit)
+        snapshot = self.history.run_dir(run_id) / "tree"
+        shutil.rmtree(snapshot, ignore_errors=True)
+        gitops.export_tree(self.repo, commit, snapshot)
+        pins.check({p: h for p, h in pinned.items() if p != CONFIG_NAME}, snapshot, self.config.tag,
+                   where=f"in run {run_id}'s snapshot (commit it was built from)")  # fmt: skip
+        best = self.best()
+        record = RunRecord(id=run_id, commit=commit, parent=parent, description=description,
+                           best_before=best.metric if best else None)  # fmt: skip
+        self.history.record(record, "start")
+        return self._launch(record, held, snapshot)
+
+    def _launch(self, record: RunRecord, held: Held, snapshot: Path) -> ActiveRun:
+        token = uuid.uuid4().hex
+        limit = self.config.hard_timeout
+        deadline = time.time() + limit
+        run_dir = self.history.run_dir(record.id)
+        held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": token,
+                       "description": record.description, "started_at": time.time(), "deadline": deadline,
+                       "budget": self.config.time_budget, "log": str(run_dir / "log.txt")})  # fmt: skip
+        env = {**os.environ, **self.config.env, "PYTHONUNBUFFERED": "1",
+               "AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}",
+               "AUTORESEARCH_EVAL_TOKENS": str(self.config.eval_tokens)}  # fmt: skip
+        spec = RunSpec(self.config.argv(), snapshot, env, run_dir / "log.txt", limit, token,
+                       self.config.kill_grace, self.config.max_log_bytes)  # fmt: skip
+        return ActiveRun(record, self.runner.start(spec), held, snapshot, deadline)
+
+    def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
+        """Collect the outcome (killing the run if cancelled), classify it, record it, release the lock."""
+        try:
+            if cancelled:
+                active.execution.kill("cancelled")
+            outcome = active.execution.wait(0.0)
+            while outcome is None:
+                outcome = active.execution.wait(1.0)
+            tampered = pins.changed(pins.load_pins(self.pins_path), self.root) + [
+                p for p in pins.changed(pins.load_pins(self.pins_path), active.snapshot) if p != CONFIG_NAME
+            ]
+            record = classify(active.record, outcome, self.history.run_dir(active.record.id) / "log.txt",
+                              self.config, tampered)  # fmt: skip
+            diff = gitops.unified_diff(self._blob_text(record.parent), self._blob_text(record.commit),
+                                       self.config.editable)  # fmt: skip
+            atomic_write(self.history.run_dir(record.id) / "diff.patch", diff.encode())
+            self.history.record(record, "end")
+            return record
+        finally:
+            shutil.rmtree(active.snapshot, ignore_errors=True)
+            active.held.release()
+
+    def run(self, description: str) -> RunRecord:
+        """Start a run and block until it ends (the CLI and tests; the MCP tool adds progress)."""
+        active = self.start_run(description)
+        try:
+            outcome = None
+            while outcome is None:
+                outcome = active.execution.wait(1.0)
+        except BaseException:
+            self.finish_run(active, cancelled=True)
+            raise
+        return self.finish_run(active)
+
+    def _blob_text(self, commit: str) -> str:
+        data = gitops.blob(self.repo, commit, self.config.editable)
+        return data.decode("utf-8", "replace") if data is not None else ""
+
+    # -- decisions ------------------------------------------------------------------------------------------
+
+    def _latest(self, run_id: int | None) -> RunRecord:
+        runs = self.history.runs()
+        if not runs:
+            raise StateError("there are no runs yet; call run_experiment first.")
+        last = runs[-1]
+        if run_id is not None and run_id != last.id:
+            known = "an earlier run, already decided" if any(r.id == run_id for r in runs) else "unknown"
+            raise StateError(f"run {run_id} is {known}; only the latest run ({last.id}) can be decided.")
+        if last.decision is not None:
+            raise StateError(
+                f"nothing to decide: run {last.id} was already {last.decision}ed"
+                f"{'' if last.status == 'ok' else ' (' + last.status + ')'}; run a new experiment."
+            )
+        return last
+
+    def keep(self, run_id: int | None = None, force: bool = False, reason: str | None = None) -> RunRecord:
+        """Advance the run branch to the latest run's commit if it beats the best (or force with a reason)."""
+        with self.lock.hold("keep"):
+            run = self._latest(run_id)
+            if run.status != "ok" or run.metric is None:
+                raise StateError(f"run {run.id} ended as {run.status} ({run.reason}) and can never be kept; "
+                                 f"call discard, or fix train.py and run again.")  # fmt: skip
+            if force and not (reason or "").strip():
+                raise InvalidInputError(
+                    "keep with force=true needs a reason (e.g. 'equal result, simpler code')."
+                )
+            if not force and not self.config.better(run.metric, run.best_before):
+                raise StateError(
+                    f"run {run.id} ({run.metric:.6f}) is not better than the best ({run.best_before:.6f}); "
+                    "call discard, or keep with force=true and a reason if the code is simpler and the result equal."
+                )
+            tip = self.tip()
+            if run.parent != tip:
+                raise StateError(f"the run branch moved since run {run.id} started (now {tip[:7]}); "
+                                 "call discard and run again.")  # fmt: skip
+            gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
+            self._sync_editable(run.commit)
+            self.history.decide(run.id, "keep", reason if force else None)
+            return self.history.get(run.id) or run
+
+    def discard(self, run_id: int | None = None) -> RunRecord:
+        """Reject the latest run; the editable file returns to the last kept version."""
+        with self.lock.hold("discard"):
+            run = self._latest(run_id)
+            self._sync_editable(self.tip())
+            self.history.decide(run.id, "discard")
+            return self.history.get(run.id) or run
+
+    def _sync_editable(self, commit: str) -> None:
+        if self.repo.head.is_detached or gitops.current_branch(self.repo) != self.branch:
+            raise RepoError(f"the checkout left {self.branch}; run `git switch {self.branch}` and retry.")
+        gitops.sync_worktree_file(self.repo, commit, self.config.editable)
+
+
+def apply_edits(text: str, edits: list[Edit]) -> str:
+    """Apply search/replace edits in order; each `old` must match exactly once."""
+    for number, edit in enumerate(edits, 1):
+        if not edit.old:
+            raise InvalidInputError(f"edit {number}: `old` is empty; give the exact text to replace.")
+        count = text.count(edit.old)
+        if count != 1:
+            found = "matches nothing" if count == 0 else f"matches {count} times"
+            raise InvalidInputError(
+                f"edit {number}: `old` {found}; call read_train and copy the exact text, with enough "
+                "surrounding lines to make it unique. Nothing was written."
+            )
+        text = text.replace(edit.old, edit.new, 1)
+    return text
+
+
+def validate_source(text: str, name: str, max_bytes: int) -> bytes:
+    """The file's bytes if it is non-empty UTF-8 text under the cap that compiles (for .py files)."""
+    if not text.strip():
+        raise InvalidInputError("the new content is empty; nothing was written.")
+    if "\x00" in text:
+        raise InvalidInputError(
+            "the content holds NUL bytes (binary?); send plain text. Nothing was written."
+        )
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"the content is not valid UTF-8 ({exc.reason}); nothing was written."
+        ) from exc
+    if len(data) > max_bytes:
+        raise InvalidInputError(f"the content is {len(data)} bytes, over the cap of {max_bytes}; "
+                                "make it smaller. Nothing was written.")  # fmt: skip
+    if name.endswith(".py"):
+        try:
+            compile(text, name, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise InvalidInputError(f"{name} would not compile: {exc.msg} at line {exc.lineno}; "
+                                    "fix it and write again. Nothing was written.") from exc  # fmt: skip
+    return data

@@ -1,0 +1,74 @@
+"""The experiment's output contract (docs/CONTRACT.md): progress lines and the final `---` summary block."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+PROGRESS_RE = re.compile(
+    r"^step\s+(?P<step>\d+)\b.*?\bloss\s+(?P<loss>[-+0-9.eEnaif]+)"
+    r"(?:.*?\belapsed\s+(?P<elapsed>[0-9.]+)s)?(?:.*?\bremaining\s+(?P<remaining>[0-9.]+)s)?"
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The latest progress line of a run."""
+
+    step: int
+    loss: float
+    elapsed: float | None
+    remaining: float | None
+
+    def describe(self) -> str:
+        left = f", {self.remaining:.0f}s of training left" if self.remaining is not None else ""
+        return f"step {self.step}, loss {self.loss:.4f}{left}"
+
+
+def parse_progress(line: str) -> Progress | None:
+    """A progress line, or None for any other line."""
+    match = PROGRESS_RE.match(line.strip())
+    if not match:
+        return None
+    try:
+        loss = float(match["loss"])
+    except ValueError:
+        return None
+    elapsed, remaining = match["elapsed"], match["remaining"]
+    return Progress(
+        int(match["step"]), loss, float(elapsed) if elapsed else None, float(remaining) if remaining else None
+    )
+
+
+def last_progress(text: str) -> Progress | None:
+    """The last progress line in a chunk of log text."""
+    for line in reversed(text.splitlines()):
+        progress = parse_progress(line)
+        if progress is not None:
+            return progress
+    return None
+
+
+def parse_summary(text: str) -> dict[str, str]:
+    """The `key: value` lines after the LAST line that is exactly `---` (earlier blocks may be fakes)."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == "---"]
+    if not starts:
+        return {}
+    summary: dict[str, str] = {}
+    for line in lines[starts[-1] + 1 :]:
+        key, sep, value = line.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            continue
+        summary[key.strip()] = value.strip()
+    return summary
+
+
+def as_float(summary: dict[str, str], key: str) -> float | None:
+    """A finite float from the summary, or None when absent or not a number."""
+    try:
+        value = float(summary[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

@@ -1,0 +1,76 @@
+"""Shared fixtures: real git repositories holding a fake experiment that follows the contract."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server.config import ENV_OVERRIDES, load_config
+from server.loop import Lab
+
+FAKE = Path(__file__).parent / "fake"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+FAKE_CONFIG = """\
+[autoresearch]
+tag = "test"
+editable = "train.py"
+locked = ["prepare.py"]
+command = ["{python}", "train.py"]
+time_budget = 1
+timeout = 10
+kill_grace = 1
+max_log_bytes = 200000
+"""
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own AUTORESEARCH_* settings must not leak into tests."""
+    for var in [*ENV_OVERRIDES, "AUTORESEARCH_RUN_ID"]:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "test")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "test@example.com")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "test")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.com")
+
+
+def make_fake_repo(path: Path, config: str = FAKE_CONFIG) -> Path:
+    """A committed repository with the fake experiment, its config and a user file."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FAKE / "prepare.py", path / "prepare.py")
+    shutil.copy(FAKE / "train.py", path / "train.py")
+    (path / "autoresearch.toml").write_text(config)
+    (path / "notes.txt").write_text("user notes\n")
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_fake_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def lab(repo: Path) -> Lab:
+    return Lab(repo, load_config(repo))
+
+
+def set_mode(mode: str, metric: float = 1.0) -> str:
+    """The fake train.py with another mode and metric."""
+    text = (FAKE / "train.py").read_text()
+    return text.replace('MODE = "ok"', f'MODE = "{mode}"').replace("METRIC = 1.0", f"METRIC = {metric}")
+
+
+ModeSetter = Callable[[str, float], str]
