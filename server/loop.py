@@ -78,9 +78,7 @@ class Lab:
         stale = held.stale
         if stale.get("op") == "run" and stale.get("token"):
             killed = kill_by_token(str(stale["token"]))
-            log.warning(
-                "recovered run %s of a dead server; killed %d process(es)", stale.get("run_id"), killed
-            )
+            log.warning("recovered run %s of a dead server; killed %d process(es)", stale.get("run_id"), killed)
         for run in self.history.runs():
             if run.status == "running":
                 reason = "the server stopped during the run; its processes were killed on restart"
@@ -148,9 +146,7 @@ class Lab:
     def write(self, content: str | None = None, edits: list[Edit] | None = None) -> str:
         """Validate and atomically write the editable file; the diff against the kept version."""
         if (content is None) == (not edits):
-            raise InvalidInputError(
-                "give either `content` (the whole file) or `edits` (search/replace pairs)."
-            )
+            raise InvalidInputError("give either `content` (the whole file) or `edits` (search/replace pairs).")
         with self.lock.hold("write_train"):
             self._refuse_if_pending("write_train")
             new = content if content is not None else apply_edits(self.current_content(), edits or [])
@@ -269,13 +265,11 @@ class Lab:
             raise StateError("there are no runs yet; call run_experiment first.")
         last = runs[-1]
         if run_id is not None and run_id != last.id:
-            known = "an earlier run, already decided" if any(r.id == run_id for r in runs) else "unknown"
+            known = "an earlier run" if any(r.id == run_id for r in runs) else "not a known run"
             raise StateError(f"run {run_id} is {known}; only the latest run ({last.id}) can be decided.")
         if last.decision is not None:
-            raise StateError(
-                f"nothing to decide: run {last.id} was already {last.decision}ed"
-                f"{'' if last.status == 'ok' else ' (' + last.status + ')'}; run a new experiment."
-            )
+            done = "kept" if last.decision == "keep" else "discarded"
+            raise StateError(f"nothing to decide: run {last.id} was already {done}; run a new experiment first.")
         return last
 
     def keep(self, run_id: int | None = None, force: bool = False, reason: str | None = None) -> RunRecord:
@@ -286,9 +280,7 @@ class Lab:
                 raise StateError(f"run {run.id} ended as {run.status} ({run.reason}) and can never be kept; "
                                  f"call discard, or fix train.py and run again.")  # fmt: skip
             if force and not (reason or "").strip():
-                raise InvalidInputError(
-                    "keep with force=true needs a reason (e.g. 'equal result, simpler code')."
-                )
+                raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
             if not force and not self.config.better(run.metric, run.best_before):
                 raise StateError(
                     f"run {run.id} ({run.metric:.6f}) is not better than the best ({run.best_before:.6f}); "
@@ -338,15 +330,11 @@ def validate_source(text: str, name: str, max_bytes: int) -> bytes:
     if not text.strip():
         raise InvalidInputError("the new content is empty; nothing was written.")
     if "\x00" in text:
-        raise InvalidInputError(
-            "the content holds NUL bytes (binary?); send plain text. Nothing was written."
-        )
+        raise InvalidInputError("the content holds NUL bytes (binary?); send plain text. Nothing was written.")
     try:
         data = text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"the content is not valid UTF-8 ({exc.reason}); nothing was written."
-        ) from exc
+        raise InvalidInputError(f"the content is not valid UTF-8 ({exc.reason}); nothing was written.") from exc
     if len(data) > max_bytes:
         raise InvalidInputError(f"the content is {len(data)} bytes, over the cap of {max_bytes}; "
                                 "make it smaller. Nothing was written.")  # fmt: skip

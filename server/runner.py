@@ -91,9 +91,14 @@ class _CappedLog:
         if chunk:
             self.tail.append(chunk)
             self.tail_bytes += len(chunk)
-            while self.tail_bytes - len(self.tail[0]) >= self.cap // 2:
-                self.tail_bytes -= len(self.tail[0])
-                self.dropped += len(self.tail.popleft())
+            while self.tail_bytes > self.cap // 2:
+                excess = self.tail_bytes - self.cap // 2
+                first = self.tail.popleft()
+                if len(first) > excess:
+                    self.tail.appendleft(first[excess:])
+                cut = min(excess, len(first))
+                self.tail_bytes -= cut
+                self.dropped += cut
 
     @property
     def closed(self) -> bool:
@@ -176,6 +181,8 @@ class LocalExecution:
         kill_by_token(self.spec.token, since=self.wall_started)
         self._reader.join(timeout=10)
         self._log.close()
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
         self._outcome = Outcome(self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped)
         return self._outcome
 

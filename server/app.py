@@ -1,0 +1,185 @@
+"""The MCP tools. Each is a thin typed function over Lab; the only module that imports MCP."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+from server import views
+from server.config import load_config
+from server.errors import AutoresearchError
+from server.loop import Edit, Lab
+
+log = logging.getLogger("autoresearch")
+T = TypeVar("T")
+PROGRESS_EVERY_S = 5.0  # Claude Code's idle timeout is 30 min; progress also shows the agent the run is alive
+
+
+@dataclass
+class AppState:
+    """The server's one Lab, built lazily so a fixable set-up error does not stop the server starting."""
+
+    root: Path
+    lab: Lab | None = None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def get(self) -> Lab:
+        if self.lab is None:
+            self.lab = Lab(self.root, load_config(self.root))
+        return self.lab
+
+
+def project_root() -> Path:
+    """The repository the server works on: AUTORESEARCH_ROOT, else Claude Code's project dir, else cwd."""
+    return Path(os.environ.get("AUTORESEARCH_ROOT") or os.environ.get("CLAUDE_PROJECT_DIR") or os.getcwd())
+
+
+@asynccontextmanager
+async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+    state = AppState(project_root())
+    try:
+        state.get()
+    except AutoresearchError as exc:  # reported by every tool call until it is fixed
+        log.warning("not ready: %s", exc)
+    yield state
+
+
+mcp: MCPServer[AppState] = MCPServer(
+    "autoresearch",
+    instructions=(
+        "Tools for an autonomous research loop on one training script. Read program.md "
+        "(resource autoresearch://program) first. Loop: read_train, write_train (one idea), run_experiment, "
+        "then keep if it improved else discard. Never stop."
+    ),
+    lifespan=lifespan,
+)
+
+
+async def call(ctx: Context[AppState], fn: Callable[..., T], *args: Any) -> T:
+    """Run a domain call in a worker thread; expected failures become ToolErrors the model can read."""
+    state = ctx.request_context.lifespan_context
+    try:
+        lab = state.get()
+        return await anyio.to_thread.run_sync(lambda: fn(lab, *args))
+    except AutoresearchError as exc:
+        raise ToolError(str(exc)) from exc
+
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def read_train(ctx: Context[AppState]) -> views.TrainFile:
+    """The editable training script as it is now, the commit it is based on, and the best result so far."""
+    return await call(ctx, views.train_file)
+
+
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False))
+async def write_train(
+    ctx: Context[AppState],
+    content: Annotated[str | None, Field(description="the whole new file; or use edits")] = None,
+    edits: Annotated[
+        list[views.EditIn] | None,
+        Field(description="exact search/replace pairs applied in order; each `old` must occur exactly once"),
+    ] = None,
+) -> views.WriteResult:
+    """Change the training script (the only file you may change). Send `edits` for small changes or `content`
+    for a rewrite. Rejected unless it is UTF-8 text that compiles; then the file is left unchanged. Returns the
+    diff against the last kept version."""
+    pairs = [Edit(e.old, e.new) for e in edits] if edits is not None else None
+    return await call(ctx, views.write, content, pairs)
+
+
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
+async def run_experiment(
+    ctx: Context[AppState],
+    description: Annotated[str, Field(min_length=1, max_length=200, description="the idea, in a few words")],
+) -> views.RunResult:
+    """Commit the current script and run it as one experiment with the fixed time budget; blocks until it ends
+    (minutes) and returns the metric, its change against the best, and on failure the end of the log.
+    Afterwards call keep or discard."""
+    lab_state = ctx.request_context.lifespan_context
+    active = await call(ctx, Lab.start_run, description)
+    lab = lab_state.get()
+    try:
+        started = time.monotonic()
+        outcome = None
+        while outcome is None:
+            outcome = await anyio.to_thread.run_sync(active.execution.wait, PROGRESS_EVERY_S)
+            if outcome is None:
+                await ctx.report_progress(time.monotonic() - started, lab.config.hard_timeout,
+                                          views.progress_message(active, started))  # fmt: skip
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
+        raise
+    record = await call(ctx, lambda lab_: lab_.finish_run(active))
+    return await call(ctx, views.run_result, record)
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def get_history(
+    ctx: Context[AppState],
+    limit: Annotated[int, Field(ge=1, le=500, description="how many recent runs to list")] = 30,
+    run_id: Annotated[int | None, Field(ge=1, description="show this run's detail: diff, log tail, summary")] = None,
+) -> views.HistoryView:
+    """What has been tried: recent runs as compact rows, the best run, counts, the run awaiting a decision;
+    with run_id, that run's full detail."""
+    return await call(ctx, views.history_view, limit, run_id)
+
+
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
+async def keep(
+    ctx: Context[AppState],
+    force: Annotated[bool, Field(description="keep a run that is not better (simpler code, equal result)")] = False,
+    reason: Annotated[str | None, Field(max_length=300, description="required with force")] = None,
+    run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
+) -> views.DecisionResult:
+    """Accept the latest finished run: the run branch advances to its commit. Only a strict improvement on
+    the best is kept unless force is given with a reason. Crashed runs can never be kept."""
+    return await call(ctx, views.decide, "keep", run_id, force, reason)
+
+
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
+async def discard(
+    ctx: Context[AppState],
+    run_id: Annotated[int | None, Field(ge=1, description="the run to discard; default the latest")] = None,
+) -> views.DecisionResult:
+    """Reject the latest run: the training script returns to the last kept version. Its result stays in
+    the history."""
+    return await call(ctx, views.decide, "discard", run_id, False, None)
+
+
+@mcp.resource("autoresearch://program", mime_type="text/markdown", description="the agent's instructions")
+def program() -> str:
+    path = project_root() / "program.md"
+    return path.read_text(encoding="utf-8") if path.exists() else "program.md is missing from the repository."
+
+
+@mcp.resource("autoresearch://runs/{run_id}/log", mime_type="text/plain", description="a run's log (tail)")
+def run_log(run_id: str) -> str:
+    return views.log_text(project_root(), run_id)
+
+
+@mcp.prompt(name="autoresearch", description="Start or resume the autonomous research loop")
+def loop_prompt() -> str:
+    return views.loop_prompt(project_root())
+
+
+def serve() -> None:
+    """Serve over stdio; logs go to stderr, never stdout (the MCP wire)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    mcp.run("stdio")

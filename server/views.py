@@ -1,0 +1,204 @@
+"""What the tools return: compact pydantic models built from the Lab, sized for an agent's context."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from server import table
+from server.config import load_config
+from server.errors import InvalidInputError, StateError
+from server.history import History, RunRecord
+from server.loop import ActiveRun, Edit, Lab
+from server.outcome import read_tail, tail_lines
+
+LOG_TAIL_LINES = 30
+MAX_DIFF_CHARS = 6000
+
+
+class EditIn(BaseModel):
+    old: str = Field(description="exact text to find; must occur exactly once")
+    new: str = Field(description="replacement text")
+
+
+class Best(BaseModel):
+    run_id: int
+    metric: float
+    commit: str
+    description: str
+
+
+class TrainFile(BaseModel):
+    path: str
+    content: str
+    base_commit: str = Field(description="the last kept commit the file is based on")
+    modified: bool = Field(description="the file differs from the last kept version")
+    best: Best | None
+    awaiting_decision: int | None = Field(description="a run id that needs keep or discard first")
+
+
+class WriteResult(BaseModel):
+    path: str
+    bytes: int
+    diff: str = Field(description="unified diff against the last kept version")
+
+
+class RunResult(BaseModel):
+    run_id: int
+    status: str = Field(description="ok, crash, timeout, no_metric, over_budget, cancelled, interrupted, tampered")
+    metric: float | None
+    best: float | None = Field(description="the best metric before this run")
+    delta: float | None = Field(description="metric - best; negative is better when minimizing")
+    improved: bool
+    memory_gb: float | None
+    training_seconds: float | None
+    total_seconds: float | None
+    commit: str
+    reason: str | None = None
+    log_tail: list[str] = Field(default_factory=list, description="end of the log, on failure only")
+    next: str
+
+
+class RunDetail(BaseModel):
+    run: RunRecord
+    diff: str
+    log_tail: list[str]
+
+
+class HistoryView(BaseModel):
+    metric: str
+    direction: str
+    rows: list[str] = Field(description="header, then one run per row, oldest first")
+    best: Best | None
+    counts: dict[str, int]
+    awaiting_decision: int | None
+    running: str | None = Field(description="the experiment running now, if any")
+    detail: RunDetail | None = None
+
+
+class DecisionResult(BaseModel):
+    run_id: int
+    decision: Literal["keep", "discard"]
+    metric: float | None
+    best: Best | None = Field(description="the best run after this decision")
+    branch: str
+    next: str
+
+
+def _short(commit: str) -> str:
+    return commit[:7]
+
+
+def best_of(lab: Lab) -> Best | None:
+    run = lab.best()
+    if run is None or run.metric is None:
+        return None
+    return Best(run_id=run.id, metric=run.metric, commit=_short(run.commit), description=run.description)
+
+
+def train_file(lab: Lab) -> TrainFile:
+    content = lab.current_content()
+    pending = lab.pending()
+    return TrainFile(path=lab.config.editable, content=content, base_commit=_short(lab.tip()),
+                     modified=content != lab.kept_content(), best=best_of(lab),
+                     awaiting_decision=pending.id if pending else None)  # fmt: skip
+
+
+def write(lab: Lab, content: str | None, edits: list[Edit] | None) -> WriteResult:
+    diff = lab.write(content, edits)
+    size = lab.editable_path.stat().st_size
+    return WriteResult(path=lab.config.editable, bytes=size, diff=_cap(diff, MAX_DIFF_CHARS))
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + f"\n[... {len(text) - limit} more characters]\n"
+
+
+def run_result(lab: Lab, run: RunRecord) -> RunResult:
+    improved = run.status == "ok" and run.metric is not None and lab.config.better(run.metric, run.best_before)
+    tail: list[str] = []
+    if run.status != "ok":
+        tail = tail_lines(read_tail(lab.history.run_dir(run.id) / "log.txt", 16_000), LOG_TAIL_LINES)
+    return RunResult(run_id=run.id, status=run.status, metric=run.metric, best=run.best_before,
+                     delta=round(run.delta, 6) if run.delta is not None else None, improved=improved,
+                     memory_gb=run.memory_gb, training_seconds=run.training_seconds,
+                     total_seconds=run.total_seconds, commit=_short(run.commit), reason=run.reason,
+                     log_tail=tail, next=_next_step(run, improved))  # fmt: skip
+
+
+def _next_step(run: RunRecord, improved: bool) -> str:
+    if run.status != "ok":
+        return "it can't be kept: read log_tail, fix with write_train and run again, or discard to go back"
+    if improved:
+        return "improved on the best: call keep"
+    return "not better than the best: call discard (or keep with force and a reason if the code is simpler)"
+
+
+def history_view(lab: Lab, limit: int, run_id: int | None) -> HistoryView:
+    runs = lab.history.runs()
+    detail = None
+    if run_id is not None:
+        match = [r for r in runs if r.id == run_id]
+        if not match:
+            raise InvalidInputError(f"there is no run {run_id}; runs go from 1 to {len(runs)}.")
+        detail = run_detail(lab, match[0])
+    pending = lab.pending()
+    return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
+                       rows=table.format_rows(runs, limit), best=best_of(lab), counts=table.counts(runs),
+                       awaiting_decision=pending.id if pending else None, running=running_now(lab),
+                       detail=detail)  # fmt: skip
+
+
+def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
+    folder = lab.history.run_dir(run.id)
+    diff_path = folder / "diff.patch"
+    diff = diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else ""
+    tail = tail_lines(read_tail(folder / "log.txt", 16_000), LOG_TAIL_LINES)
+    return RunDetail(run=run, diff=_cap(diff, MAX_DIFF_CHARS), log_tail=tail)
+
+
+def running_now(lab: Lab) -> str | None:
+    info = lab.lock.read()
+    if info.get("op") != "run":
+        return None
+    left = max(0, int(float(info.get("deadline", 0)) - time.time()))
+    return f"run {info.get('run_id')} ({info.get('description')!r}), at most {left}s left"
+
+
+def progress_message(active: ActiveRun, started: float) -> str:
+    progress = active.execution.progress()
+    elapsed = time.monotonic() - started
+    where = progress.describe() if progress else "no progress line yet"
+    return f"run {active.record.id}: {where} ({elapsed:.0f}s elapsed)"
+
+
+def decide(lab: Lab, decision: str, run_id: int | None, force: bool, reason: str | None) -> DecisionResult:
+    if decision == "keep":
+        run = lab.keep(run_id, force, reason)
+        hint = "kept; the run branch now points at it. Next: write_train your next idea"
+    else:
+        run = lab.discard(run_id)
+        hint = "discarded; the script is back to the last kept version. Next: try another idea"
+    return DecisionResult(run_id=run.id, decision="keep" if decision == "keep" else "discard", metric=run.metric,
+                          best=best_of(lab), branch=lab.branch, next=hint)  # fmt: skip
+
+
+def log_text(root: Path, run_id: str) -> str:
+    """A run's log tail, for the MCP resource (which cannot hold a Lab open)."""
+    if not run_id.isdigit():
+        raise StateError(f"run id {run_id!r} is not a number.")
+    config = load_config(root)
+    history = History(root / config.state_dir / config.tag)
+    path = history.run_dir(int(run_id)) / "log.txt"
+    if not path.exists():
+        raise StateError(f"run {run_id} has no log.")
+    return read_tail(path, 64_000)
+
+
+def loop_prompt(root: Path) -> str:
+    program = root / "program.md"
+    text = program.read_text(encoding="utf-8") if program.exists() else ""
+    return (text + "\n\nBegin: call get_history to see where the search stands, then continue the loop.").strip()
