@@ -46,7 +46,7 @@ class RunRecord(BaseModel):
     total_seconds: float | None = None
     wall_seconds: float | None = None
     exit_code: int | None = None
-    reason: str | None = Field(None, description="why the run failed, in one line")
+    reason: str | None = Field(default=None, description="why the run failed, in one line")
     summary: dict[str, str] = Field(default_factory=dict)
     forced: bool = False
     force_reason: str | None = None

@@ -1,0 +1,7 @@
+"""`python -m server` is the `autoresearch` command."""
+
+import sys
+
+from server.cli import main
+
+sys.exit(main())

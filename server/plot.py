@@ -1,0 +1,159 @@
+"""The progress chart: every experiment as a point, kept runs labelled, the running best as a step line."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+# Figure + the Agg canvas directly, never pyplot: no global backend to switch (and no warning about it),
+# no figure registry to leak, safe to call from a server thread.
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
+
+from server.history import RunRecord, atomic_write
+from server.table import counts, outcome, shorten
+
+KEEP_COLOR = "#2ca02c"
+DISCARD_COLOR = "#9e9e9e"
+CRASH_COLOR = "#d62728"
+PENDING_COLOR = "#4c72b0"
+LABEL_WIDTH = 36
+
+
+def _finite(run: RunRecord) -> bool:
+    return run.metric is not None and math.isfinite(run.metric)
+
+
+def running_best(runs: list[RunRecord], direction: str = "minimize") -> list[tuple[int, float]]:
+    """(run id, best kept metric so far) at each kept run, in the metric's direction."""
+    pick = min if direction == "minimize" else max
+    points: list[tuple[int, float]] = []
+    for run in runs:
+        if outcome(run) == "keep" and run.metric is not None and _finite(run):
+            points.append((run.id, run.metric if not points else pick(points[-1][1], run.metric)))
+    return points
+
+
+def chart_title(runs: list[RunRecord], best: float | None) -> str:
+    """'N experiments, K kept, D discarded, C crashed — best 2.4123'."""
+    c = counts(runs)
+    text = f"{c['runs']} experiments, {c['kept']} kept, {c['discarded']} discarded, {c['crashed']} crashed"
+    return text + (f" — best {best:.4f}" if best is not None else "")
+
+
+def _scatter(ax: Axes, runs: list[RunRecord], kind: str, **style: object) -> None:
+    """The runs of one outcome as points, when there are any (an empty legend entry would mislead)."""
+    chosen = [r for r in runs if outcome(r) == kind and _finite(r)]
+    if chosen:
+        ax.scatter([r.id for r in chosen], [r.metric or 0.0 for r in chosen], **style)  # type: ignore[arg-type]
+
+
+def _crashes(ax: Axes, runs: list[RunRecord]) -> None:
+    """Runs without a metric as red crosses along the top edge: x in data, y in axes coordinates."""
+    failed = [r.id for r in runs if not _finite(r) and outcome(r) != "running"]
+    if failed:
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(
+            failed,
+            [0.97] * len(failed),
+            transform=top,
+            marker="x",
+            color=CRASH_COLOR,
+            s=36,
+            linewidths=1.5,
+            clip_on=False,
+            zorder=4,
+            label="crashed",
+        )
+
+
+def _best_line(ax: Axes, runs: list[RunRecord], direction: str) -> None:
+    """The running best as a step line, carried on to the latest experiment."""
+    points = running_best(runs, direction)
+    if points:
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        xs.append(max(xs[-1], runs[-1].id))
+        ys.append(ys[-1])
+        ax.step(xs, ys, where="post", color=KEEP_COLOR, alpha=0.7, linewidth=1.5, zorder=2, label="running best")
+
+
+def _labels(ax: Axes, runs: list[RunRecord]) -> None:
+    """Each kept run's description as a small rotated label next to its point."""
+    for run in runs:
+        if outcome(run) == "keep" and _finite(run):
+            ax.annotate(
+                shorten(run.description, LABEL_WIDTH),
+                (run.id, run.metric or 0.0),
+                xytext=(4, 6),
+                textcoords="offset points",
+                rotation=30,
+                fontsize=7,
+                color="#1b5e20",
+                annotation_clip=False,
+            )
+
+
+def _limits(ax: Axes, runs: list[RunRecord]) -> None:
+    """Room above the points for the labels and the crash marks; a sensible x range for few runs."""
+    values = [r.metric for r in runs if r.metric is not None and _finite(r)]
+    if values:
+        lo, hi = min(values), max(values)
+        span = hi - lo or abs(hi) * 0.05 or 1.0
+        ax.set_ylim(lo - 0.08 * span, hi + 0.3 * span)
+    ids = [r.id for r in runs] or [1]
+    ax.set_xlim(min(ids) - 0.8, max(ids) + 0.8)
+
+
+def _note(ax: Axes, runs: list[RunRecord]) -> None:
+    """Say why the chart has no points, rather than showing a blank frame."""
+    if any(_finite(r) for r in runs):
+        return
+    ax.set_yticks([])  # a y scale with no values on it would suggest numbers that do not exist
+    text = "no experiments yet" if not runs else "no run has produced a metric yet"
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="#555555")
+
+
+def _draw(ax: Axes, runs: list[RunRecord], metric: str, direction: str) -> None:
+    """Everything on the axes: points by outcome, crashes, the best line, labels and limits."""
+    _scatter(ax, runs, "discard", color=DISCARD_COLOR, alpha=0.5, s=22, zorder=3, label="discarded")
+    _scatter(ax, runs, "pending", facecolors="none", edgecolors=PENDING_COLOR, s=30, zorder=3, label="pending")
+    _scatter(ax, runs, "keep", color=KEEP_COLOR, edgecolors="black", linewidths=0.6, s=60, zorder=5, label="kept")
+    _crashes(ax, runs)
+    _best_line(ax, runs, direction)
+    _labels(ax, runs)
+    _limits(ax, runs)
+    _note(ax, runs)
+    better = "lower" if direction == "minimize" else "higher"
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("experiment #")
+    ax.set_ylabel(f"{metric} ({better} is better)")
+    ax.grid(True, alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        # the corner the best-line leaves empty: early runs start high when minimizing, low when maximizing
+        ax.legend(loc="lower left" if direction == "minimize" else "lower right", fontsize=8, framealpha=0.8)
+
+
+def render_png(runs: list[RunRecord], metric: str = "val_bpb", direction: str = "minimize") -> bytes:
+    """The chart as PNG bytes."""
+    fig = Figure(figsize=(11, 5.5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.1)
+    runs = sorted(runs, key=lambda r: r.id)
+    _draw(ax, runs, metric, direction)
+    best = running_best(runs, direction)
+    ax.set_title(chart_title(runs, best[-1][1] if best else None), fontsize=11)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_progress(runs: list[RunRecord], out_path: Path, metric: str = "val_bpb", direction: str = "minimize") -> Path:
+    """Draw the chart and write it to `out_path` atomically (temporary sibling + rename)."""
+    out_path = Path(out_path)
+    atomic_write(out_path, render_png(runs, metric, direction))
+    return out_path

@@ -1,0 +1,135 @@
+"""Run histories as text: compact rows for an agent's context, a rich table for the terminal, JSON and TSV."""
+
+from __future__ import annotations
+
+import json
+
+from rich.table import Table
+
+from server.history import RunRecord, best_run, results_tsv
+
+DESC_WIDTH = 48
+MIN_DESC_WIDTH = 16
+# The rows go into an agent's context on every call, so their total size is capped, not just each row.
+ROWS_BUDGET = 7000
+ELLIPSIS = "…"
+
+
+def outcome(run: RunRecord) -> str:
+    """One word per run: running, keep, discard, pending, or crash (any failed status)."""
+    if run.status == "running":
+        return "running"
+    return run.tsv_status
+
+
+def counts(runs: list[RunRecord]) -> dict[str, int]:
+    """How many runs there are, and how many fall into each outcome."""
+    result = {"runs": len(runs), "kept": 0, "discarded": 0, "crashed": 0, "pending": 0, "running": 0}
+    names = {"keep": "kept", "discard": "discarded", "crash": "crashed", "pending": "pending"}
+    for run in runs:
+        result[names.get(outcome(run), "running")] += 1
+    return result
+
+
+def shorten(text: str, width: int) -> str:
+    """The text on one line, cut to `width` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + ELLIPSIS
+
+
+def fmt_metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6f}"
+
+
+def fmt_delta(run: RunRecord) -> str:
+    delta = run.delta
+    return "-" if delta is None else f"{delta:+.4f}"
+
+
+def fmt_memory(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _columns(runs: list[RunRecord], metric: str) -> list[list[str]]:
+    """Every column but the description, header first; `<`/`>` in front of a header sets its alignment."""
+    return [
+        [">id", *(str(r.id) for r in runs)],
+        ["<commit", *(r.commit[:7] for r in runs)],
+        [">" + metric, *(fmt_metric(r.metric) for r in runs)],
+        [">delta", *(fmt_delta(r) for r in runs)],
+        [">GB", *(fmt_memory(r.memory_gb) for r in runs)],
+        ["<status", *(r.status for r in runs)],
+        ["<keep?", *(r.decision or "-" for r in runs)],
+    ]
+
+
+def _pad(columns: list[list[str]]) -> list[str]:
+    """The columns side by side, each as wide as its widest cell, one line per row."""
+    padded = []
+    for column in columns:
+        align, cells = column[0][0], [column[0][1:], *column[1:]]
+        width = max(len(cell) for cell in cells)
+        padded.append([f"{cell:{align}{width}}" for cell in cells])
+    return [" ".join(parts) + " " for parts in zip(*padded, strict=True)]
+
+
+def _desc_width(fixed: int, rows: int) -> int:
+    """The widest description (up to DESC_WIDTH) that keeps all rows within ROWS_BUDGET bytes."""
+    if not rows:
+        return DESC_WIDTH
+    # +1 for the newline; the ellipsis takes more bytes than the one character it replaces
+    fits = ROWS_BUDGET // rows - fixed - 1 - (len(ELLIPSIS.encode()) - 1)
+    return max(MIN_DESC_WIDTH, min(DESC_WIDTH, fits))
+
+
+def format_rows(runs: list[RunRecord], limit: int = 20, metric: str = "val_bpb") -> list[str]:
+    """A header and one fixed-width line per run: the latest `limit` runs, oldest first."""
+    shown = runs[-limit:] if limit > 0 else []
+    lines = _pad(_columns(shown, metric))
+    width = _desc_width(len(lines[0].encode()), len(shown))
+    header = lines[0] + "description"
+    if len(shown) < len(runs):
+        header += f" ({len(runs) - len(shown)} earlier runs not shown)"
+    rows = zip(lines[1:], shown, strict=True)
+    return [header, *((line + shorten(run.description, width)).rstrip() for line, run in rows)]
+
+
+def _style(run: RunRecord) -> str:
+    """Kept runs stand out, crashes alarm, discards recede."""
+    return {"keep": "bold green", "crash": "red", "discard": "dim"}.get(outcome(run), "")
+
+
+def title(runs: list[RunRecord]) -> str:
+    """A one-line summary of a history: counts and the best metric."""
+    c = counts(runs)
+    best = best_run(runs)
+    text = f"{c['runs']} runs, {c['kept']} kept, {c['discarded']} discarded, {c['crashed']} crashed"
+    return text + (f" — best {best.metric:.6f} (#{best.id})" if best and best.metric is not None else "")
+
+
+def render_table(
+    runs: list[RunRecord], metric: str = "val_bpb", caption: str | None = None, heading: str | None = None
+) -> Table:
+    """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim."""
+    table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
+    for name in ("#", "commit", metric, "delta", "mem GB"):
+        table.add_column(name, justify="left" if name == "commit" else "right")
+    for name in ("status", "decision"):
+        table.add_column(name)
+    table.add_column("description", no_wrap=True, overflow="ellipsis")  # one line per run, even when narrow
+    for run in runs:
+        decision = (run.decision or "-") + (" (forced)" if run.forced else "")
+        cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_delta(run)]
+        cells += [fmt_memory(run.memory_gb), run.status, decision, shorten(run.description, 60)]
+        table.add_row(*cells, style=_style(run))
+    return table
+
+
+def to_json(runs: list[RunRecord]) -> str:
+    """The records as a JSON list; RunRecord.model_validate on each item gives them back."""
+    return json.dumps([run.model_dump(mode="json") for run in runs], indent=1)
+
+
+def to_tsv(runs: list[RunRecord]) -> str:
+    """The original's results.tsv: commit, val_bpb, memory_gb, status, description."""
+    return results_tsv(runs)

@@ -1,0 +1,79 @@
+"""The progress chart is a readable PNG for any history, written atomically."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from matplotlib.image import imread
+from PIL import Image
+
+from server.history import Decision, History, RunRecord
+from server.plot import chart_title, plot_progress, running_best
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_history(folder: Path) -> list[RunRecord]:
+    """Kept, discarded, crashed and undecided runs, plus one still running."""
+    history = History(folder)
+    plan: list[tuple[float | None, Decision | None]] = [
+        (2.60, "keep"),
+        (2.55, "keep"),
+        (2.58, "discard"),
+        (None, "discard"),
+        (2.50, "keep"),
+        (2.52, None),
+    ]
+    best: float | None = None
+    for i, (metric, decision) in enumerate(plan, start=1):
+        run = RunRecord(id=i, commit=f"{i:07d}", parent="p", description=f"change number {i} " + "x" * i * 8)
+        history.record(run, "start")
+        status = "ok" if metric is not None else "crash"
+        history.record(run.model_copy(update={"status": status, "metric": metric, "best_before": best}), "end")
+        if decision is not None:
+            history.decide(i, decision)
+        best = metric if decision == "keep" else best
+    history.record(RunRecord(id=len(plan) + 1, commit="f" * 7, parent="p", description="in flight"), "start")
+    return history.runs()
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    height, width = imread(path).shape[:2]
+    assert height > 100 and width > 100
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (width, height)
+
+
+def test_plot_all_outcomes(tmp_path: Path) -> None:
+    runs = make_history(tmp_path / "hist")
+    start = time.monotonic()
+    out = plot_progress(runs, tmp_path / "out" / "progress.png")
+    assert time.monotonic() - start < 2.0
+    assert out == tmp_path / "out" / "progress.png"
+    assert_png(out)
+    assert [p.name for p in out.parent.iterdir()] == ["progress.png"]  # no temporary file left behind
+
+
+def test_plot_overwrites(tmp_path: Path) -> None:
+    runs = make_history(tmp_path / "hist")
+    out = tmp_path / "progress.png"
+    out.write_bytes(b"old")
+    plot_progress(runs[:2], out)
+    assert_png(out)
+
+
+def test_empty_and_crash_only_histories(tmp_path: Path) -> None:
+    assert_png(plot_progress([], tmp_path / "empty.png"))
+    crashed = [RunRecord(id=i, commit="abc1234", parent="p", description="boom", status="crash") for i in (1, 2)]
+    assert_png(plot_progress(crashed, tmp_path / "crashed.png", direction="maximize"))
+
+
+def test_running_best_follows_direction(tmp_path: Path) -> None:
+    runs = make_history(tmp_path)
+    assert running_best(runs) == [(1, 2.60), (2, 2.55), (5, 2.50)]
+    assert running_best(runs, "maximize") == [(1, 2.60), (2, 2.60), (5, 2.60)]
+    title = chart_title(runs, 2.5)
+    assert title == "7 experiments, 3 kept, 1 discarded, 1 crashed — best 2.5000"
+    assert_png(plot_progress(runs, tmp_path / "max.png", metric="accuracy", direction="maximize"))

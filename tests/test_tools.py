@@ -1,0 +1,173 @@
+"""Every tool through the SDK's in-memory Client, in both protocol eras, against real repos and runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+from conftest import git, set_mode
+from mcp import Client
+from mcp.types import CallToolResult
+
+from server import app
+
+pytestmark = pytest.mark.anyio
+MODES = ["auto", "legacy"]
+TOOLS = {"read_train", "write_train", "run_experiment", "get_history", "keep", "discard"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest, repo: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
+    return str(request.param)
+
+
+def text(result: CallToolResult) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def ok(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = await client.call_tool(tool, args or {})
+    assert not result.is_error, text(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def refused(client: Client, tool: str, args: dict[str, Any] | None = None) -> str:
+    result = await client.call_tool(tool, args or {})
+    assert result.is_error
+    return text(result)
+
+
+async def test_all_six_tools_are_listed_with_output_schemas(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == TOOLS
+    assert all(t.output_schema is not None and t.description for t in tools.values())
+    assert tools["read_train"].annotations is not None and tools["read_train"].annotations.read_only_hint
+
+
+async def test_full_loop_keep_then_discard(mode: str, repo: Path) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        start = await ok(client, "read_train")
+        assert start["best"] is None and "MODE" in start["content"]
+        baseline = await ok(client, "run_experiment", {"description": "baseline"})
+        assert baseline["status"] == "ok" and baseline["improved"] and "keep" in baseline["next"]
+        assert (await ok(client, "keep"))["best"]["run_id"] == 1
+        wrote = await ok(client, "write_train", {"edits": [{"old": "METRIC = 1.0", "new": "METRIC = 1.5"}]})
+        assert "+METRIC = 1.5" in wrote["diff"]
+        worse = await ok(client, "run_experiment", {"description": "worse"})
+        assert worse["delta"] == pytest.approx(0.5) and not worse["improved"]
+        assert "not better" in await refused(client, "keep")
+        await ok(client, "discard")
+    assert "METRIC = 1.0" in (repo / "train.py").read_text()
+    assert git(repo, "rev-parse", "autoresearch/test") == baseline_commit(repo)
+
+
+def baseline_commit(repo: Path) -> str:
+    return git(repo, "rev-parse", "refs/autoresearch/test/1")
+
+
+async def test_failed_run_returns_status_reason_and_log_tail(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        await ok(client, "write_train", {"content": set_mode("crash")})
+        result = await ok(client, "run_experiment", {"description": "crash"})
+        assert result["status"] == "crash" and result["metric"] is None
+        assert any("boom" in line for line in result["log_tail"])
+        assert "can never be kept" in await refused(client, "keep")
+
+
+async def test_run_result_is_compact(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        result = await client.call_tool("run_experiment", {"description": "baseline"})
+    assert len(text(result).encode()) < 1500
+
+
+async def test_misuse_of_every_tool_is_a_tool_error_and_changes_nothing(mode: str, repo: Path) -> None:
+    before = (repo / "train.py").read_bytes()
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        assert "no runs yet" in await refused(client, "keep")
+        assert "no runs yet" in await refused(client, "discard")
+        assert "would not compile" in await refused(client, "write_train", {"content": "def (:"})
+        assert "matches nothing" in await refused(client, "write_train", {"edits": [{"old": "nope", "new": "x"}]})
+        assert "either" in await refused(client, "write_train", {})
+        assert await refused(client, "run_experiment", {"description": ""})
+        assert await refused(client, "get_history", {"limit": 0})
+        assert "no run 7" in await refused(client, "get_history", {"run_id": 7})
+        await ok(client, "run_experiment", {"description": "baseline"})
+        assert "awaits a decision" in await refused(client, "run_experiment", {"description": "again"})
+        assert "awaits a decision" in await refused(client, "write_train", {"content": set_mode("ok", 0.1)})
+        assert "not a known run" in await refused(client, "keep", {"run_id": 99})
+    assert (repo / "train.py").read_bytes() == before
+
+
+async def test_history_lists_runs_and_details_one(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        await ok(client, "run_experiment", {"description": "baseline"})
+        await ok(client, "keep")
+        history = await ok(client, "get_history")
+        detail = await ok(client, "get_history", {"run_id": 1})
+    assert history["counts"]["kept"] == 1 and "baseline" in history["rows"][-1]
+    assert detail["detail"]["run"]["summary"]["val_bpb"] == "1.000000"
+    assert any("val_bpb" in line for line in detail["detail"]["log_tail"])
+
+
+async def test_progress_notifications_arrive_during_a_run(
+    mode: str, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "1.5")
+    seen: list[tuple[float, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, message))
+
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        await ok(client, "write_train", {"content": set_mode("sleep", 1.0)})
+        result = await client.call_tool("run_experiment", {"description": "slow"}, progress_callback=on_progress)
+    assert not result.is_error
+    assert len(seen) >= 2 and all(b[0] > a[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert any("step 2" in (m or "") for _, m in seen)
+
+
+async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        await ok(client, "write_train", {"content": set_mode("hang")})
+        with anyio.move_on_after(1.5):
+            await client.call_tool("run_experiment", {"description": "hang"})
+        history: dict[str, Any] = {}
+        for _ in range(100):  # the server records the cancellation asynchronously
+            history = await ok(client, "get_history")
+            if "cancelled" in history["rows"][-1]:
+                break
+            await anyio.sleep(0.1)
+    assert "cancelled" in history["rows"][-1]
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(3600)" in " ".join(p.info["cmdline"] or [])]
+
+
+async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
+    (repo / "program.md").write_text("# program\nNEVER STOP\n")
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        program = await client.read_resource("autoresearch://program")
+        prompt = await client.get_prompt("autoresearch")
+        await ok(client, "run_experiment", {"description": "baseline"})
+        log = await client.read_resource("autoresearch://runs/1/log")
+    assert "NEVER STOP" in getattr(program.contents[0], "text", "")
+    assert "NEVER STOP" in json.dumps(prompt.model_dump(mode="json"))
+    assert "val_bpb" in getattr(log.contents[0], "text", "")
+
+
+async def test_not_a_git_repository_is_reported_by_every_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTORESEARCH_ROOT", str(tmp_path))
+    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+        message = await refused(client, "read_train")
+    assert "not a git repository" in message and "git init" in message

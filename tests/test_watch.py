@@ -1,0 +1,172 @@
+"""The live view: frames from real history and lock files, and redraws when the history changes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from server.history import History, RunRecord
+from server.watch import LOG_TAIL_BYTES, render_frame, tail_text, watch
+
+TAG = "default"
+
+
+def text_of(state_dir: Path) -> str:
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(render_frame(state_dir, TAG))
+    return console.export_text()
+
+
+def add_run(state_dir: Path, run_id: int, metric: float | None, decision: str, description: str) -> None:
+    history = History(state_dir / TAG)
+    run = RunRecord(id=run_id, commit=f"{run_id:07d}", parent="p", description=description)
+    history.record(run, "start")
+    status = "ok" if metric is not None else "crash"
+    history.record(run.model_copy(update={"status": status, "metric": metric, "memory_gb": 0.5}), "end")
+    history.decide(run_id, "keep" if decision == "keep" else "discard")
+
+
+def write_lock(state_dir: Path, log: Path, pid: int, op: str = "run") -> None:
+    now = time.time()
+    lock = {
+        "pid": pid,
+        "op": op,
+        "tag": TAG,
+        "run_id": 3,
+        "description": "try rotary embeddings",
+        "started_at": now - 42,
+        "deadline": now + 78,
+        "budget": 60.0,
+        "log": str(log),
+    }
+    (state_dir / "lock").write_text(json.dumps(lock))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 8.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_frame_shows_best_and_descriptions(tmp_path: Path) -> None:
+    add_run(tmp_path, 1, 2.612345, "keep", "baseline")
+    add_run(tmp_path, 2, 2.498765, "keep", "double the batch size")
+    add_run(tmp_path, 3, None, "discard", "a broken idea")
+    text = text_of(tmp_path)
+    assert "best so far: 2.498765" in text and "double the batch size" in text
+    assert "a broken idea" in text and "crash" in text and "idle" in text
+    assert "3 runs, 2 kept, 0 discarded, 1 crashed" in text
+
+
+def test_frame_shows_the_running_experiment(tmp_path: Path) -> None:
+    add_run(tmp_path, 1, 2.6, "keep", "baseline")
+    log = tmp_path / TAG / "runs" / "3" / "log.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "compiling\nstep 10 | loss 4.5 | elapsed 3.0s | remaining 57.0s\n"
+        "step 42 | loss 3.712345 | elapsed 12.3s | remaining 47.7s\n"
+    )
+    write_lock(tmp_path, log, os.getpid())
+    text = text_of(tmp_path)
+    assert "running" in text and "#3" in text and "try rotary embeddings" in text
+    assert "step 42, loss 3.7123" in text and "48s of training left" in text
+    assert "elapsed 0:42" in text and "left before the deadline" in text
+
+
+def test_frame_is_idle_for_other_ops_and_stale_locks(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text("step 42 | loss 3.7 | elapsed 1s\n")
+    write_lock(tmp_path, log, os.getpid(), op="reset")
+    assert "idle" in text_of(tmp_path) and "step 42" not in text_of(tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_lock(tmp_path, log, int(gone.stdout))
+    assert "stale lock" in text_of(tmp_path)
+    (tmp_path / "lock").write_text("")
+    assert "idle" in text_of(tmp_path) and "no runs yet" in text_of(tmp_path)
+
+
+def test_frame_without_a_state_folder(tmp_path: Path) -> None:
+    assert "no runs yet" in text_of(tmp_path / "missing")
+
+
+def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
+    log = tmp_path / "log.txt"
+    log.write_text("step 1 | loss 9.0\n" + "noise line\n" * 20_000 + "step 7 | loss 1.5\n")
+    tail = tail_text(log)
+    assert len(tail.encode()) <= LOG_TAIL_BYTES and tail.endswith("step 7 | loss 1.5\n")
+    assert tail.startswith("noise line\n") and "step 1 " not in tail
+    assert tail_text(tmp_path / "absent.txt") == ""
+
+
+def run_watch(
+    state_dir: Path, console: Console, stop: threading.Event, max_frames: int | None = None
+) -> tuple[threading.Thread, list[int]]:
+    """watch() in a background thread; its return value lands in the list."""
+    result: list[int] = []
+
+    def target() -> None:
+        result.append(watch(state_dir, TAG, console, max_frames=max_frames, stop_event=stop))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, result
+
+
+def test_watch_redraws_when_a_run_is_added(tmp_path: Path) -> None:
+    add_run(tmp_path, 1, 2.6, "keep", "the baseline run")
+    out = io.StringIO()
+    stop = threading.Event()
+    thread, result = run_watch(tmp_path, Console(file=out, width=120, force_terminal=False), stop)
+    try:
+        assert wait_for(lambda: "the baseline run" in out.getvalue())
+        time.sleep(0.3)
+        add_run(tmp_path, 2, 2.5, "keep", "a fresh improvement")
+        assert wait_for(lambda: "a fresh improvement" in out.getvalue())
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive() and result[0] >= 2
+
+
+def test_watch_waits_for_the_state_folder(tmp_path: Path) -> None:
+    state_dir = tmp_path / ".autoresearch"
+    out = io.StringIO()
+    stop = threading.Event()
+    thread, result = run_watch(state_dir, Console(file=out, width=120, force_terminal=False), stop, max_frames=2)
+    try:
+        assert wait_for(lambda: "no runs yet" in out.getvalue())
+        add_run(tmp_path / "staging", 1, 2.6, "keep", "first of all")
+        (tmp_path / "staging").rename(state_dir)  # appears whole, so the second frame must show the run
+        thread.join(timeout=8)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert result == [2] and "first of all" in out.getvalue()
+
+
+def test_watch_live_and_once(tmp_path: Path) -> None:
+    add_run(tmp_path, 1, 2.6, "keep", "live baseline")
+    out = io.StringIO()
+    stop = threading.Event()
+    thread, result = run_watch(tmp_path, Console(file=out, width=120, force_terminal=True), stop)
+    try:
+        assert wait_for(lambda: "live baseline" in out.getvalue())
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive() and result == [1]
+    once = io.StringIO()
+    assert watch(tmp_path, TAG, Console(file=once, width=120), once=True) == 1
+    assert "live baseline" in once.getvalue()
