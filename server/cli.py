@@ -1,13 +1,39 @@
-"""The `autoresearch` command: serve, run, history, plot, watch, pin, prepare, demo."""
+"""The `autoresearch` command: prepare, run, keep, discard, serve, history, plot, watch, pin, demo.
+
+Every error a user can make ends with one sentence on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from server.errors import AutoresearchError
+from rich.console import Console
+
+from server.config import Config, load_config
+from server.errors import AutoresearchError, ConfigError
+from server.history import History
+
+EXIT_USER_ERROR = 2
+err = Console(stderr=True)
+out = Console()
+
+
+def root_of(args: argparse.Namespace) -> Path:
+    return Path(args.root or ".").resolve()
+
+
+def history_of(args: argparse.Namespace) -> tuple[Config, History]:
+    """The configuration and the tag's history, without touching git (read-only commands)."""
+    root = root_of(args)
+    config = load_config(root)
+    tag = args.tag or config.tag
+    state = root / config.state_dir
+    return config, History(state / tag)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -17,28 +43,148 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """The experiment's one-time data preparation (its own progress bar), in this interpreter."""
+    script = root_of(args) / "experiment" / "prepare.py"
+    if not script.exists():
+        raise ConfigError(f"{script} does not exist; run this in the repository root.")
+    return subprocess.call([sys.executable, str(script), *args.prepare_args], cwd=root_of(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """One experiment by hand, through the server's runner, with a live progress bar."""
+    from server.live import run_with_progress
+    from server.loop import Lab
+    from server.views import run_result
+
+    root = root_of(args)
+    lab = Lab(root, load_config(root))
+    record = run_with_progress(lab, args.description, out)
+    result = run_result(lab, record)
+    out.print_json(result.model_dump_json())
+    return 0 if record.status == "ok" else 1
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from server.loop import Lab
+
+    root = root_of(args)
+    lab = Lab(root, load_config(root))
+    if args.command == "keep":
+        run = lab.keep(force=args.force, reason=args.reason)
+    else:
+        run = lab.discard()
+    out.print(f"run {run.id} {run.decision}: {run.description}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from server import table
+
+    config, history = history_of(args)
+    runs = history.runs()
+    if args.json:
+        print(table.to_json(runs))
+    elif args.tsv:
+        print(table.to_tsv(runs), end="")
+    else:
+        out.print(table.render_table(runs[-args.limit :], config.metric, heading=table.title(runs)))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from server.plot import plot_progress
+
+    config, history = history_of(args)
+    path = plot_progress(history.runs(), Path(args.out), config.metric, config.direction)
+    out.print(f"wrote {path}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from server.watch import watch
+
+    config, history = history_of(args)
+    watch(history.folder.parent, history.folder.name, out, once=args.once)
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    """Re-pin the locked files after an intended, committed change: a human act."""
+    from server.loop import Lab
+
+    root = root_of(args)
+    lab = Lab(root, load_config(root))
+    for path, digest in lab.pin().items():
+        out.print(f"pinned {path} {digest[:12]}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from server.demo import run_demo
+
+    return run_demo(root_of(args), args.experiments, args.budget, args.out, out, seed=args.seed)
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name in ("history", "plot", "watch"):
+        parser.add_argument("--tag", help="the run tag to show (default: the configuration's)")
+    if name == "run":
+        parser.add_argument("description", nargs="?", default="by hand", help="what this run tries")
+    elif name == "keep":
+        parser.add_argument("--force", action="store_true", help="keep although not better")
+        parser.add_argument("--reason", help="why, with --force")
+    elif name == "history":
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--json", action="store_true", help="every record as JSON")
+        group.add_argument("--tsv", action="store_true", help="the original's results.tsv")
+        parser.add_argument("--limit", type=int, default=50, help="rows to show")
+    elif name == "plot":
+        parser.add_argument("--out", default="progress.png", help="the PNG to write")
+    elif name == "watch":
+        parser.add_argument("--once", action="store_true", help="draw one frame and exit")
+    elif name == "prepare":
+        parser.add_argument("prepare_args", nargs=argparse.REMAINDER, help="passed to experiment/prepare.py")
+    elif name == "demo":
+        parser.add_argument("--experiments", type=int, default=8, help="runs including the baseline")
+        parser.add_argument("--budget", type=float, default=30.0, help="seconds of training per run")
+        parser.add_argument("--out", default="progress.png", help="where to write the plot")
+        parser.add_argument("--seed", type=int, default=0, help="the built-in agent's choice of ideas")
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "demo": (cmd_demo, "the whole loop on this machine, driven by a built-in agent over MCP"),
+    "prepare": (cmd_prepare, "one-time data and tokenizer preparation"),
+    "run": (cmd_run, "one experiment by hand, with a live progress bar"),
+    "keep": (cmd_decide, "keep the latest run (as the agent's keep tool)"),
+    "discard": (cmd_decide, "discard the latest run (as the agent's discard tool)"),
+    "history": (cmd_history, "the results as a table (--json, --tsv)"),
+    "plot": (cmd_plot, "progress.png: every run, the running best"),
+    "watch": (cmd_watch, "a live view of the running experiment and the latest runs"),
+    "pin": (cmd_pin, "re-pin the locked files after an intended, committed change"),
     "serve": (cmd_serve, "the MCP server on stdio (what .mcp.json starts)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
+    parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=None, help="the repository (default: current directory)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        add_arguments(name, sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    started = time.monotonic()
     try:
         return COMMANDS[args.command][0](args)
     except AutoresearchError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
-        return 1
+        err.print(f"autoresearch {args.command}: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
+        err.print(f"autoresearch {args.command}: interrupted after {time.monotonic() - started:.0f}s")
         return 130
 
 

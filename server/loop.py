@@ -65,7 +65,9 @@ class Lab:
 
     def _ignore_state_dir(self) -> None:
         """Keep the state folder out of `git status` without touching the user's .gitignore."""
-        exclude = Path(self.repo.git_dir) / "info" / "exclude"
+        if Path(self.config.state_dir).is_absolute():
+            return  # outside the tree (the demo shares the main checkout's state folder)
+        exclude = Path(self.repo.common_dir) / "info" / "exclude"
         entry = f"/{self.config.state_dir.strip('/')}/"
         text = exclude.read_text() if exclude.exists() else ""
         if entry not in text.split("\n"):

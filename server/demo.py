@@ -1,0 +1,175 @@
+"""`autoresearch demo`: the whole loop on this machine, no language model needed.
+
+A built-in agent drives the real MCP server over stdio (started as .mcp.json says) with the six tools
+only: a baseline, then one hyperparameter change per experiment, keep on improvement, discard otherwise.
+It works in a git worktree on its own run tag, so the user's checkout is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+from rich.console import Console
+
+from server import gitops, table
+from server.config import load_config
+from server.errors import ConfigError, InvalidInputError, StateError
+from server.history import History
+from server.lock import RepoLock
+from server.plot import plot_progress
+
+CONSTANT_RE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*) = (?P<value>-?[0-9][0-9_]*(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)\b",
+                         re.MULTILINE)  # fmt: skip
+SKIP = {"SEED"}  # changing the seed only measures noise
+FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Idea:
+    """One hyperparameter change: the exact line before and after."""
+
+    name: str
+    old_line: str
+    new_line: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} {self.old_line.split('=', 1)[1].split('#')[0].strip()} -> " + \
+            self.new_line.split("=", 1)[1].split("#")[0].strip()  # fmt: skip
+
+
+def ideas(source: str, rng: random.Random, tried: set[str]) -> list[Idea]:
+    """Every untried single-constant change: floats times or divided by FACTOR, integers stepped by one."""
+    found = []
+    for match in CONSTANT_RE.finditer(source):
+        name, value = match["name"], match["value"]
+        line = source[match.start() : source.index("\n", match.start())]
+        for new in _variants(value):
+            idea = Idea(name, line, line.replace(f"{name} = {value}", f"{name} = {new}", 1))
+            if name not in SKIP and idea.description not in tried:
+                found.append(idea)
+    rng.shuffle(found)
+    return found
+
+
+def _variants(literal: str) -> list[str]:
+    if re.fullmatch(r"-?[0-9_]+", literal):
+        number = int(literal.replace("_", ""))
+        return [str(v) for v in (number + 1, number - 1) if v >= 1]
+    value = float(literal)
+    if value <= 0:
+        return []
+    options = [value * FACTOR, value / FACTOR]
+    if value < 1:  # ratios and betas must stay below one
+        options = [v for v in options if v < 1]
+    return [f"{v:.4g}" if "e" not in f"{v:.4g}" else f"{v:.2e}" for v in options]
+
+
+def server_params(main_root: Path, worktree: Path, env: dict[str, str]) -> StdioServerParameters:
+    """.mcp.json's server entry, started in the worktree as Claude Code would start it in a project."""
+    entry = json.loads((main_root / ".mcp.json").read_text())["mcpServers"]["autoresearch"]
+    command = main_root / entry["command"]
+    argv = [str(command), *entry["args"]] if command.exists() else [sys.executable, "-m", "server", "serve"]
+    full_env = {**os.environ, **entry.get("env", {}), **env, "CLAUDE_PROJECT_DIR": str(worktree)}
+    return StdioServerParameters(command=argv[0], args=argv[1:], env=full_env, cwd=str(worktree))
+
+
+class DemoAgent:
+    """Drives the loop through the MCP tools and prints each result as it comes."""
+
+    def __init__(self, client: Client, console: Console, rng: random.Random) -> None:
+        self.client, self.console, self.rng = client, console, rng
+        self.tried: set[str] = set()
+
+    async def call(self, tool: str, **args: Any) -> dict[str, Any]:
+        result = await self.client.call_tool(tool, args, progress_callback=self.on_progress)
+        if result.is_error:
+            message = "".join(getattr(block, "text", "") for block in result.content)
+            raise StateError(f"the server refused {tool}: {message}")
+        return result.structured_content or {}
+
+    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
+        self.console.print(f"    [dim]{message}[/dim]", highlight=False)
+
+    async def experiment(self, number: int, description: str) -> None:
+        self.console.print(f"[bold]experiment {number}[/bold]: {description}")
+        result = await self.call("run_experiment", description=description)
+        decision = "keep" if result["improved"] else "discard"
+        await self.call(decision)
+        metric = f"{result['metric']:.6f}" if result["metric"] is not None else result["status"]
+        delta = f" ({result['delta']:+.6f})" if result["delta"] is not None else ""
+        self.console.print(f"  -> {metric}{delta}: [{'green' if decision == 'keep' else 'yellow'}]{decision}")
+
+    async def loop(self, experiments: int) -> None:
+        await self.experiment(1, "baseline")
+        for number in range(2, experiments + 1):
+            source = (await self.call("read_train"))["content"]
+            options = ideas(source, self.rng, self.tried)
+            if not options:
+                self.console.print("no untried ideas left")
+                return
+            idea = options[0]
+            self.tried.add(idea.description)
+            await self.call("write_train", edits=[{"old": idea.old_line, "new": idea.new_line}])
+            await self.experiment(number, idea.description)
+
+
+def ensure_data(root: Path, console: Console) -> None:
+    """Prepare the default dataset if it is missing (idempotent; a no-op when already there)."""
+    script = root / "experiment" / "prepare.py"
+    if not script.exists():
+        raise ConfigError("experiment/prepare.py is missing; run the demo from the repository root.")
+    if subprocess.call([sys.executable, str(script), "--check"], cwd=root, stdout=subprocess.DEVNULL) == 0:
+        return
+    if os.environ.get("AUTORESEARCH_DATASET"):
+        raise ConfigError(f"dataset {os.environ['AUTORESEARCH_DATASET']!r} is not prepared; run "
+                          "`autoresearch prepare` with the options that make it.")  # fmt: skip
+    console.print("[bold]preparing the default data (once)[/bold]")
+    if subprocess.call([sys.executable, str(script)], cwd=root) != 0:
+        raise ConfigError("data preparation failed (see above); fix it and run the demo again.")
+
+
+def run_demo(root: Path, experiments: int, budget: float, out: str, console: Console, seed: int = 0) -> int:
+    """Prepare, then run the loop in a fresh worktree on tag demo-<time>; print the table, write the plot."""
+    if experiments < 1 or budget <= 0:
+        raise InvalidInputError("--experiments must be at least 1 and --budget above 0.")
+    repo = gitops.open_repo(root)
+    root = Path(repo.working_tree_dir or root)
+    state = root / load_config(root).state_dir
+    with RepoLock(state / "demo.lock").hold("demo"):
+        ensure_data(root, console)
+        tag = "demo-" + time.strftime("%Y%m%d-%H%M%S")
+        worktree = state / "worktrees" / tag
+        repo.git.worktree("add", "-q", "-b", gitops.run_branch(tag), str(worktree), "HEAD")
+        try:
+            env = {"AUTORESEARCH_TAG": tag, "AUTORESEARCH_TIME_BUDGET": f"{budget:g}",
+                   "AUTORESEARCH_STATE_DIR": str(state)}  # fmt: skip
+            console.print(f"run tag {tag}; watch live from another terminal: autoresearch watch --tag {tag}")
+            anyio.run(_drive, server_params(root, worktree, env), console, experiments, random.Random(seed))
+        finally:
+            repo.git.worktree("remove", "--force", str(worktree))
+    return report(History(state / tag), root / out, console, tag)
+
+
+async def _drive(params: StdioServerParameters, console: Console, experiments: int, rng: random.Random) -> None:
+    async with Client(params) as client:
+        await DemoAgent(client, console, rng).loop(experiments)
+
+
+def report(history: History, png: Path, console: Console, tag: str) -> int:
+    runs = history.runs()
+    console.print(table.render_table(runs))
+    plot_progress(runs, png)
+    console.print(f"wrote {png}; the best code is on branch {gitops.run_branch(tag)}")
+    return 0

@@ -1,0 +1,30 @@
+"""A run started from the terminal, with a live progress bar fed by the run's progress lines."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from server.history import RunRecord
+from server.loop import Lab
+
+
+def run_with_progress(lab: Lab, description: str, console: Console) -> RunRecord:
+    """Start a run, draw step, loss and time left until it ends, then collect it."""
+    active = lab.start_run(description)
+    budget = lab.config.time_budget
+    columns = [TextColumn("run {task.fields[run]}"), BarColumn(), TextColumn("{task.description}"),
+               TimeElapsedColumn()]  # fmt: skip
+    try:
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task("starting", total=budget, run=active.record.id)
+            while active.execution.wait(0.5) is None:
+                progress = active.execution.progress()
+                if progress is not None:
+                    done = budget - progress.remaining if progress.remaining is not None else 0.0
+                    bar.update(task, completed=min(budget, done), description=progress.describe())
+            bar.update(task, completed=budget, description="evaluated")
+    except BaseException:
+        lab.finish_run(active, cancelled=True)
+        raise
+    return lab.finish_run(active)
