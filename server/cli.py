@@ -70,10 +70,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
     root = root_of(args)
     lab = Lab(root, load_config(root))
-    if args.command == "keep":
-        run = lab.keep(force=args.force, reason=args.reason)
-    else:
-        run = lab.discard()
+    run = lab.keep(force=args.force, reason=args.reason) if args.command == "keep" else lab.discard()
     out.print(f"run {run.id} {run.decision}: {run.description}")
     return 0
 

@@ -25,13 +25,9 @@ def open_repo(root: Path) -> git.Repo:
     try:
         repo = git.Repo(root)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise RepoError(
-            f"{root} is not a git repository; run `git init` and commit your files first."
-        ) from exc
+        raise RepoError(f"{root} is not a git repository; run `git init` and commit your files first.") from exc
     if not repo.head.is_valid():
-        raise RepoError(
-            "the repository has no commits yet; commit your files (git add -A && git commit) first."
-        )
+        raise RepoError("the repository has no commits yet; commit your files (git add -A && git commit) first.")
     return repo
 
 

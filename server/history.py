@@ -79,9 +79,7 @@ def append_event(path: Path, event: dict[str, Any]) -> None:
         os.fsync(fd)
     except OSError as exc:
         os.ftruncate(fd, size)
-        raise StorageError(
-            f"could not write the history at {path} ({exc}); free disk space and retry."
-        ) from exc
+        raise StorageError(f"could not write the history at {path} ({exc}); free disk space and retry.") from exc
     finally:
         os.close(fd)
 
@@ -113,9 +111,7 @@ def fold(events: list[dict[str, Any]]) -> dict[int, RunRecord]:
                 runs[event["run"]["id"]] = RunRecord.model_validate(event["run"])
             elif event["type"] == "decision" and event["id"] in runs:
                 run = runs[event["id"]]
-                runs[event["id"]] = run.model_copy(
-                    update={k: v for k, v in event.items() if k in _DECISION_KEYS}
-                )
+                runs[event["id"]] = run.model_copy(update={k: v for k, v in event.items() if k in _DECISION_KEYS})
         except (KeyError, TypeError, ValidationError):
             continue
     return runs

@@ -28,9 +28,7 @@ def tail_lines(text: str, count: int) -> list[str]:
     return [line[:300] for line in text.rstrip("\n").splitlines()[-count:]]
 
 
-def classify(
-    run: RunRecord, outcome: Outcome, log_path: object, config: Config, tampered: list[str]
-) -> RunRecord:
+def classify(run: RunRecord, outcome: Outcome, log_path: object, config: Config, tampered: list[str]) -> RunRecord:
     """The finished record: status, reason, metric and summary figures."""
     text = read_tail(log_path)
     summary = parse_summary(text)
