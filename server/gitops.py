@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 import git
-from gitdb.base import IStream  # type: ignore[import-untyped]
+from gitdb.base import IStream  # type: ignore[import-untyped,unused-ignore]
 
-from server.errors import RepoError
+from server.errors import RepoError, StorageError
 from server.history import atomic_write
 
 
@@ -27,6 +27,11 @@ def open_repo(root: Path) -> git.Repo:
     except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
         raise RepoError(f"{root} is not a git repository; run `git init` and commit your files first.") from exc
     if not repo.head.is_valid():
+        if repo.heads:  # HEAD names a deleted branch; a first commit there would start a separate history
+            raise RepoError(
+                f"HEAD points at {repo.head.reference.path}, which does not exist; "
+                f"`git switch` to one of your branches (e.g. {repo.heads[0].name}) first."
+            )
         raise RepoError("the repository has no commits yet; commit your files (git add -A && git commit) first.")
     return repo
 
@@ -88,7 +93,7 @@ def _file_mode(repo: git.Repo, commit: str, path: str) -> str:
 
 def _identity() -> dict[str, str]:
     """An author for run commits even on machines where git has no user configured."""
-    env = {}
+    env: dict[str, str] = {}
     for role in ("AUTHOR", "COMMITTER"):
         env.setdefault(f"GIT_{role}_NAME", os.environ.get(f"GIT_{role}_NAME", "autoresearch"))
         env.setdefault(f"GIT_{role}_EMAIL", os.environ.get(f"GIT_{role}_EMAIL", "autoresearch@localhost"))
@@ -125,9 +130,14 @@ def _git_hint(exc: git.GitCommandError) -> str:
 def export_tree(repo: git.Repo, commit: str, dest: Path) -> None:
     """Write commit's files into dest (a fresh folder), the snapshot that a run executes."""
     data = repo.git.archive("--format=tar", commit, stdout_as_string=False)
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(dest, filter="data")
+    except OSError as exc:
+        raise StorageError(
+            f"could not write the run's snapshot in {dest} ({exc.strerror}); free disk space and retry."
+        ) from exc
 
 
 def unified_diff(old: str, new: str, path: str, context: int = 2) -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from server.errors import BusyError
+from server.errors import BusyError, StorageError
 
 
 class RepoLock:
@@ -52,7 +52,11 @@ class RepoLock:
             raise BusyError(busy_message(self.read())) from None
         stale = self.read()
         held = Held(fd, self.path, stale)
-        held.describe({"op": op})
+        try:
+            held.describe({"op": op})
+        except StorageError:
+            held.release()
+            raise
         return held
 
 
@@ -65,9 +69,13 @@ class Held:
     def describe(self, info: dict[str, Any]) -> None:
         """Record what this holder is doing, for busy messages and for recovery after a crash."""
         data = json.dumps({"pid": os.getpid(), "since": time.time(), **info}).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-        os.fsync(self.fd)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, data, 0)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise StorageError(f"could not write the lock file {self.path} ({exc.strerror}); "
+                               "free disk space and retry.") from exc  # fmt: skip
 
     def release(self) -> None:
         if self.fd < 0:

@@ -10,12 +10,14 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from server import gitops, pins
 from server.config import CONFIG_NAME, Config
-from server.errors import InvalidInputError, RepoError, StateError
+from server.errors import BusyError, InvalidInputError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.lock import Held, RepoLock
 from server.outcome import classify
@@ -41,6 +43,7 @@ class ActiveRun:
     held: Held
     snapshot: Path
     deadline: float
+    pinned: dict[str, str]  # the pins as they were before the run, which the run itself could rewrite
 
 
 class Lab:
@@ -57,9 +60,22 @@ class Lab:
         self.pins_path = self.history.folder / "pins.json"
         self.branch = gitops.run_branch(config.tag)
         self._ignore_state_dir()
-        with self.lock.hold("open") as held:
+        try:  # clean up after a server that died mid-run, unless another live server holds the lock
+            with self.lock.hold("recover") as held:
+                self._recover(held)
+        except BusyError:
+            pass
+
+    @contextmanager
+    def _hold(self, op: str) -> Iterator[Held]:
+        """The repository lock for a changing operation, with the tag started and any dead run recovered.
+
+        The tag starts on the first change, not at start-up, so health checks (`claude mcp list`, an
+        inspector listing tools) never create branches or move HEAD."""
+        with self.lock.hold(op) as held:
             self._recover(held)
             self._start_tag()
+            yield held
 
     # -- set-up and recovery ------------------------------------------------------------------------------
 
@@ -83,7 +99,7 @@ class Lab:
             log.warning("recovered run %s of a dead server; killed %d process(es)", stale.get("run_id"), killed)
         for run in self.history.runs():
             if run.status == "running":
-                reason = "the server stopped during the run; its processes were killed on restart"
+                reason = "the server stopped, or could not record the run's end; its processes were killed on restart"
                 ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
                 self.history.record(ended, "end")
                 shutil.rmtree(self.history.run_dir(run.id) / "tree", ignore_errors=True)
@@ -92,6 +108,7 @@ class Lab:
         """First use of a tag: branch autoresearch/<tag> at HEAD, HEAD on it, locked files pinned."""
         branch_tip = gitops.resolve(self.repo, f"refs/heads/{self.branch}")
         if branch_tip is None:
+            self._refuse_dirty_locked()
             self._create_branch()
         head = gitops.current_branch(self.repo)
         if head != self.branch:
@@ -101,7 +118,7 @@ class Lab:
                 f"`git switch {self.branch}` (or set another tag in {CONFIG_NAME})."
             )
         if not self.pins_path.exists():
-            self.pin()
+            self._write_pins()
 
     def _create_branch(self) -> None:
         if self.repo.head.is_detached:
@@ -114,9 +131,16 @@ class Lab:
 
     def pin(self) -> dict[str, str]:
         """Pin the committed locked files and the configuration (a human act: the CLI's `pin`)."""
+        with self._hold("pin"):
+            return self._write_pins()
+
+    def _refuse_dirty_locked(self) -> None:
         dirty = [p for p in self.config.locked if not gitops.is_clean(self.repo, p)]
         if dirty:
             raise RepoError(f"{dirty[0]} has uncommitted changes; commit or restore it before pinning.")
+
+    def _write_pins(self) -> dict[str, str]:
+        self._refuse_dirty_locked()
         new = {p: pins.digest(self.root / p) for p in [*self.config.locked, CONFIG_NAME]}
         pins.save_pins(self.pins_path, new)
         return new
@@ -129,6 +153,8 @@ class Lab:
 
     def tip(self) -> str:
         tip = gitops.resolve(self.repo, f"refs/heads/{self.branch}")
+        if tip is None and not self.history.runs():
+            return self.repo.head.commit.hexsha  # the tag has not started: it will start from HEAD
         if tip is None:
             raise RepoError(f"the run branch {self.branch} is gone; restart the server to recreate it.")
         return tip
@@ -149,7 +175,8 @@ class Lab:
         """Validate and atomically write the editable file; the diff against the kept version."""
         if (content is None) == (not edits):
             raise InvalidInputError("give either `content` (the whole file) or `edits` (search/replace pairs).")
-        with self.lock.hold("write_train"):
+        with self._hold("write_train"):
+            self._require_checkout()
             self._refuse_if_pending("write_train")
             new = content if content is not None else apply_edits(self.current_content(), edits or [])
             data = validate_source(new, self.config.editable, self.config.max_file_bytes)
@@ -186,6 +213,7 @@ class Lab:
 
     def _start_locked(self, description: str, held: Held) -> ActiveRun:
         self._recover(held)
+        self._start_tag()
         self._refuse_if_pending("run_experiment")
         pinned = pins.load_pins(self.pins_path)
         pins.check(pinned, self.root, self.config.tag)
@@ -204,9 +232,9 @@ class Lab:
         record = RunRecord(id=run_id, commit=commit, parent=parent, description=description,
                            best_before=best.metric if best else None)  # fmt: skip
         self.history.record(record, "start")
-        return self._launch(record, held, snapshot)
+        return self._launch(record, held, snapshot, pinned)
 
-    def _launch(self, record: RunRecord, held: Held, snapshot: Path) -> ActiveRun:
+    def _launch(self, record: RunRecord, held: Held, snapshot: Path, pinned: dict[str, str]) -> ActiveRun:
         token = uuid.uuid4().hex
         limit = self.config.hard_timeout
         deadline = time.time() + limit
@@ -219,7 +247,7 @@ class Lab:
                "AUTORESEARCH_EVAL_TOKENS": str(self.config.eval_tokens)}  # fmt: skip
         spec = RunSpec(self.config.argv(), snapshot, env, run_dir / "log.txt", limit, token,
                        self.config.kill_grace, self.config.max_log_bytes)  # fmt: skip
-        return ActiveRun(record, self.runner.start(spec), held, snapshot, deadline)
+        return ActiveRun(record, self.runner.start(spec), held, snapshot, deadline, pinned)
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
         """Collect the outcome (killing the run if cancelled), classify it, record it, release the lock."""
@@ -229,9 +257,8 @@ class Lab:
             outcome = active.execution.wait(0.0)
             while outcome is None:
                 outcome = active.execution.wait(1.0)
-            tampered = pins.changed(pins.load_pins(self.pins_path), self.root) + [
-                p for p in pins.changed(pins.load_pins(self.pins_path), active.snapshot) if p != CONFIG_NAME
-            ]
+            tampered = self._tampered(active)
+            shutil.rmtree(active.snapshot, ignore_errors=True)  # free what the run wrote before recording
             record = classify(active.record, outcome, self.history.run_dir(active.record.id) / "log.txt",
                               self.config, tampered)  # fmt: skip
             diff = gitops.unified_diff(self._blob_text(record.parent), self._blob_text(record.commit),
@@ -242,6 +269,16 @@ class Lab:
         finally:
             shutil.rmtree(active.snapshot, ignore_errors=True)
             active.held.release()
+
+    def _tampered(self, active: ActiveRun) -> list[str]:
+        """Locked files the run changed, in the working tree or its snapshot; rewritten pins are put back."""
+        pinned = active.pinned
+        changed = pins.changed(pinned, self.root)
+        changed += [p for p in pins.changed(pinned, active.snapshot) if p != CONFIG_NAME and p not in changed]
+        if pins.load_pins(self.pins_path) != pinned:
+            pins.save_pins(self.pins_path, pinned)
+            changed.append(str(self.pins_path.relative_to(self.root)))
+        return changed
 
     def run(self, description: str) -> RunRecord:
         """Start a run and block until it ends (the CLI and tests; the MCP tool adds progress)."""
@@ -276,7 +313,7 @@ class Lab:
 
     def keep(self, run_id: int | None = None, force: bool = False, reason: str | None = None) -> RunRecord:
         """Advance the run branch to the latest run's commit if it beats the best (or force with a reason)."""
-        with self.lock.hold("keep"):
+        with self._hold("keep"):
             run = self._latest(run_id)
             if run.status != "ok" or run.metric is None:
                 raise StateError(f"run {run.id} ended as {run.status} ({run.reason}) and can never be kept; "
@@ -292,23 +329,27 @@ class Lab:
             if run.parent != tip:
                 raise StateError(f"the run branch moved since run {run.id} started (now {tip[:7]}); "
                                  "call discard and run again.")  # fmt: skip
+            self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
             gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
-            self._sync_editable(run.commit)
             self.history.decide(run.id, "keep", reason if force else None)
             return self.history.get(run.id) or run
 
     def discard(self, run_id: int | None = None) -> RunRecord:
         """Reject the latest run; the editable file returns to the last kept version."""
-        with self.lock.hold("discard"):
+        with self._hold("discard"):
             run = self._latest(run_id)
             self._sync_editable(self.tip())
             self.history.decide(run.id, "discard")
             return self.history.get(run.id) or run
 
     def _sync_editable(self, commit: str) -> None:
+        self._require_checkout()
+        gitops.sync_worktree_file(self.repo, commit, self.config.editable)
+
+    def _require_checkout(self) -> None:
+        """The editable file in the working tree is the run branch's only while the branch is checked out."""
         if self.repo.head.is_detached or gitops.current_branch(self.repo) != self.branch:
             raise RepoError(f"the checkout left {self.branch}; run `git switch {self.branch}` and retry.")
-        gitops.sync_worktree_file(self.repo, commit, self.config.editable)
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:

@@ -63,6 +63,8 @@ def _status(
         )
     if outcome.stop == "cancelled":
         return "cancelled", "the run_experiment call was cancelled; the run was killed"
+    if outcome.log_error is not None:  # the summary on disk may be cut: nothing in it can be trusted
+        return "crash", f"the run's log could not be written ({outcome.log_error}); free disk space and run again"
     if outcome.exit_code != 0:
         return "crash", _crash_reason(outcome.exit_code, text)
     if metric is None:

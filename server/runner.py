@@ -47,6 +47,7 @@ class Outcome:
     exit_code: int | None
     wall_seconds: float
     log_bytes_dropped: int = 0
+    log_error: str | None = None
 
 
 class Execution(Protocol):
@@ -78,6 +79,7 @@ class _CappedLog:
     dropped: int = 0
     tail: deque[bytes] = field(default_factory=deque)
     tail_bytes: int = 0
+    error: str | None = None
 
     def __post_init__(self) -> None:
         self.fh = self.path.open("wb")
@@ -85,7 +87,7 @@ class _CappedLog:
     def write(self, chunk: bytes) -> None:
         room = self.cap // 2 - self.written
         if room > 0:
-            self.fh.write(chunk[:room])
+            self._to_disk(chunk[:room])
             self.written += min(room, len(chunk))
             chunk = chunk[room:]
         if chunk:
@@ -104,11 +106,24 @@ class _CappedLog:
     def closed(self) -> bool:
         return self.fh.closed
 
+    def _to_disk(self, data: bytes) -> None:
+        """Write unless an earlier write failed: a full disk must not stop the pipe being drained."""
+        if self.error is not None:
+            return
+        try:
+            self.fh.write(data)
+            self.fh.flush()
+        except OSError as exc:
+            self.error = exc.strerror or str(exc)
+
     def close(self) -> None:
         if self.dropped:
-            self.fh.write(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
-        self.fh.write(b"".join(self.tail))
-        self.fh.close()
+            self._to_disk(f"\n[autoresearch: {self.dropped} bytes of output dropped here]\n".encode())
+        self._to_disk(b"".join(self.tail))
+        try:
+            self.fh.close()
+        except OSError as exc:  # the buffered rest could not be written either
+            self.error = self.error or exc.strerror or str(exc)
 
 
 class LocalExecution:
@@ -134,7 +149,7 @@ class LocalExecution:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         pending = b""
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr,attr-defined,unused-ignore]
             if self._log.closed:
                 return  # an escaped child still holds the pipe after the run was collected
             self._log.write(chunk)
@@ -183,7 +198,8 @@ class LocalExecution:
         self._log.close()
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
-        self._outcome = Outcome(self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped)
+        self._outcome = Outcome(self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped,
+                                self._log.error)  # fmt: skip
         return self._outcome
 
 

@@ -74,3 +74,20 @@ def set_mode(mode: str, metric: float = 1.0) -> str:
 
 
 ModeSetter = Callable[[str, float], str]
+
+
+def disk_state(repo: Path) -> dict[str, object]:
+    """What a refused call must leave unchanged: the files, HEAD, every ref, git status and the history."""
+    state = repo / ".autoresearch" / "test"
+
+    def read(path: Path) -> bytes | None:
+        return path.read_bytes() if path.exists() else None
+
+    return {
+        "train": read(repo / "train.py"),
+        "history": read(state / "runs.jsonl"),
+        "pins": read(state / "pins.json"),
+        "head": git(repo, "rev-parse", "--symbolic-full-name", "HEAD"),
+        "refs": git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
+        "status": git(repo, "status", "--porcelain"),
+    }

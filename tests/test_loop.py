@@ -12,7 +12,7 @@ import pytest
 from conftest import git, set_mode
 
 from server.config import load_config
-from server.errors import BusyError, InvalidInputError, LockedFileError, StateError
+from server.errors import BusyError, InvalidInputError, LockedFileError, RepoError, StateError
 from server.loop import Edit, Lab
 
 
@@ -21,7 +21,13 @@ def run_mode(lab: Lab, mode: str, metric: float = 1.0, description: str | None =
     return lab.run(description or mode)
 
 
-def test_first_use_creates_run_branch_and_checks_it_out(lab: Lab, repo: Path) -> None:
+def test_opening_the_lab_changes_nothing_in_git(lab: Lab, repo: Path) -> None:
+    assert git(repo, "branch", "--show-current") == "main"
+    assert lab.tip() == git(repo, "rev-parse", "main")
+
+
+def test_first_change_creates_run_branch_and_checks_it_out(lab: Lab, repo: Path) -> None:
+    lab.write(set_mode("ok", 1.0))
     assert git(repo, "branch", "--show-current") == "autoresearch/test"
     assert git(repo, "rev-parse", "autoresearch/test") == git(repo, "rev-parse", "main")
     assert (repo / ".autoresearch" / "test" / "pins.json").exists()
@@ -176,7 +182,15 @@ def test_run_is_refused_while_a_decision_is_pending(lab: Lab) -> None:
         lab.write(set_mode("ok", 2.0))
 
 
+def test_dirty_locked_file_refuses_to_start_a_tag(lab: Lab, repo: Path) -> None:
+    (repo / "prepare.py").write_text((repo / "prepare.py").read_text() + "\n# edited\n")
+    with pytest.raises(RepoError, match="prepare.py has uncommitted changes"):
+        lab.run("baseline")
+    assert git(repo, "branch", "--show-current") == "main"
+
+
 def test_changed_locked_file_refuses_the_run_and_names_it(lab: Lab, repo: Path) -> None:
+    lab.pin()
     (repo / "prepare.py").write_text((repo / "prepare.py").read_text() + "\n# edited\n")
     with pytest.raises(LockedFileError, match="prepare.py.*git checkout autoresearch/test -- prepare.py"):
         lab.run("baseline")
@@ -184,6 +198,7 @@ def test_changed_locked_file_refuses_the_run_and_names_it(lab: Lab, repo: Path) 
 
 
 def test_changed_config_refuses_the_run(lab: Lab, repo: Path) -> None:
+    lab.pin()
     (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + "\n")
     with pytest.raises(LockedFileError, match="autoresearch.toml"):
         lab.run("baseline")
