@@ -111,13 +111,13 @@ def sync_worktree_file(repo: git.Repo, commit: str, path: str) -> None:
     content = blob(repo, commit, path)
     if content is None:
         raise RepoError(f"{path} is not in commit {commit[:7]}; check the configuration's editable path.")
-    target = Path(repo.working_tree_dir or ".") / path
-    if not target.exists() or target.read_bytes() != content:
-        atomic_write(target, content)
-    try:
+    try:  # the index first: it is what fails (a stale index.lock), and then the file is still untouched
         repo.git.reset("-q", commit, "--", path)
     except git.GitCommandError as exc:
         raise RepoError(_git_hint(exc)) from exc
+    target = Path(repo.working_tree_dir or ".") / path
+    if not target.exists() or target.read_bytes() != content:
+        atomic_write(target, content)
 
 
 def _git_hint(exc: git.GitCommandError) -> str:

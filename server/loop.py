@@ -175,13 +175,16 @@ class Lab:
         """Validate and atomically write the editable file; the diff against the kept version."""
         if (content is None) == (not edits):
             raise InvalidInputError("give either `content` (the whole file) or `edits` (search/replace pairs).")
+        self._new_content(content, edits)  # bad input is refused before the tag starts: nothing changes
         with self._hold("write_train"):
-            self._require_checkout()
             self._refuse_if_pending("write_train")
-            new = content if content is not None else apply_edits(self.current_content(), edits or [])
-            data = validate_source(new, self.config.editable, self.config.max_file_bytes)
+            new, data = self._new_content(content, edits)
             atomic_write(self.editable_path, data)
         return gitops.unified_diff(self.kept_content(), new, self.config.editable)
+
+    def _new_content(self, content: str | None, edits: list[Edit] | None) -> tuple[str, bytes]:
+        new = content if content is not None else apply_edits(self.current_content(), edits or [])
+        return new, validate_source(new, self.config.editable, self.config.max_file_bytes)
 
     # -- runs ---------------------------------------------------------------------------------------------
 
@@ -313,6 +316,7 @@ class Lab:
 
     def keep(self, run_id: int | None = None, force: bool = False, reason: str | None = None) -> RunRecord:
         """Advance the run branch to the latest run's commit if it beats the best (or force with a reason)."""
+        self._latest(run_id)  # nothing to decide is refused before the tag starts: nothing changes
         with self._hold("keep"):
             run = self._latest(run_id)
             if run.status != "ok" or run.metric is None:
@@ -336,6 +340,7 @@ class Lab:
 
     def discard(self, run_id: int | None = None) -> RunRecord:
         """Reject the latest run; the editable file returns to the last kept version."""
+        self._latest(run_id)
         with self._hold("discard"):
             run = self._latest(run_id)
             self._sync_editable(self.tip())

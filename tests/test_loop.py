@@ -91,6 +91,8 @@ def test_discard_restores_last_kept_version(lab: Lab, repo: Path) -> None:
 
 
 def test_keep_and_discard_never_touch_other_user_changes(lab: Lab, repo: Path) -> None:
+    """Scenario: Git edge cases / uncommitted and staged changes to other files: keep and discard leave them exactly
+    as they were"""
     (repo / "notes.txt").write_text("unsaved user work\n")
     (repo / "staged.txt").write_text("staged\n")
     git(repo, "add", "staged.txt")
@@ -119,6 +121,12 @@ def test_run_executes_the_committed_snapshot_not_later_edits(lab: Lab, repo: Pat
      ("metric_nan", "no_metric"), ("oom", "crash"), ("tamper", "tampered")],
 )  # fmt: skip
 def test_failed_runs_are_recorded_and_can_never_be_kept(lab: Lab, mode: str, status: str) -> None:
+    """Scenario: Hostile experiments / exits 0 with no metric, or a NaN metric: recorded as no_metric, never kept
+    Scenario: Hostile experiments / trains past the budget: recorded as over_budget, never kept
+    Scenario: Hostile experiments / killed by SIGKILL, as the kernel's OOM killer does: recorded as a crash (out of
+    memory?), never kept
+    Scenario: Locked files / an experiment that modifies a locked file in its snapshot while it runs: recorded as
+    tampered, never kept"""
     run = run_mode(lab, mode, 0.1)
     assert run.status == status and run.metric is None and run.reason
     with pytest.raises(StateError, match="can never be kept"):
@@ -132,6 +140,7 @@ def test_crash_reason_names_the_last_error_line(lab: Lab) -> None:
 
 
 def test_hanging_run_is_killed_at_the_hard_limit(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: Hostile experiments / hangs: killed at the hard limit, recorded as timeout"""
     monkeypatch.setenv("AUTORESEARCH_TIMEOUT", "2")
     lab = Lab(repo, load_config(repo))
     started = time.monotonic()
@@ -141,6 +150,7 @@ def test_hanging_run_is_killed_at_the_hard_limit(repo: Path, monkeypatch: pytest
 
 
 def test_run_that_ignores_sigterm_is_killed(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: Hostile experiments / ignores SIGTERM: killed with SIGKILL after the grace period"""
     monkeypatch.setenv("AUTORESEARCH_TIMEOUT", "2")
     lab = Lab(repo, load_config(repo))
     lab.write(set_mode("ignore_term", 1.0))
@@ -151,6 +161,8 @@ def test_run_that_ignores_sigterm_is_killed(repo: Path, monkeypatch: pytest.Monk
 
 
 def test_child_that_leaves_the_process_group_is_killed(lab: Lab) -> None:
+    """Scenario: Hostile experiments / forks a child that leaves the process group and outlives it: the child is
+    found by the run's token and killed"""
     lab.write(set_mode("fork", 1.0))
     active = lab.start_run("fork")
     pid_file = active.snapshot / "child.pid"
@@ -164,6 +176,7 @@ def test_child_that_leaves_the_process_group_is_killed(lab: Lab) -> None:
 
 
 def test_flooded_output_is_capped_and_keeps_the_summary(lab: Lab) -> None:
+    """Scenario: Hostile experiments / prints 20 MB: the log stays within its cap and the summary is still read"""
     run = run_mode(lab, "flood", 0.7)
     log = lab.history.run_dir(run.id) / "log.txt"
     assert log.stat().st_size <= lab.config.max_log_bytes + 1000
@@ -171,6 +184,8 @@ def test_flooded_output_is_capped_and_keeps_the_summary(lab: Lab) -> None:
 
 
 def test_fake_metric_before_the_real_summary_is_ignored(lab: Lab) -> None:
+    """Scenario: Hostile experiments / prints a fake metric block before the real summary: only the last block
+    counts"""
     assert run_mode(lab, "fake_then_real", 0.8).metric == 0.8
 
 
@@ -190,6 +205,8 @@ def test_dirty_locked_file_refuses_to_start_a_tag(lab: Lab, repo: Path) -> None:
 
 
 def test_changed_locked_file_refuses_the_run_and_names_it(lab: Lab, repo: Path) -> None:
+    """Scenario: Locked files / a locked file edited in the working tree between runs: the run is refused naming the
+    file and how to restore it, nothing recorded"""
     lab.pin()
     (repo / "prepare.py").write_text((repo / "prepare.py").read_text() + "\n# edited\n")
     with pytest.raises(LockedFileError, match="prepare.py.*git checkout autoresearch/test -- prepare.py"):
@@ -198,6 +215,7 @@ def test_changed_locked_file_refuses_the_run_and_names_it(lab: Lab, repo: Path) 
 
 
 def test_changed_config_refuses_the_run(lab: Lab, repo: Path) -> None:
+    """Scenario: Locked files / the configuration edited between runs: the run is refused"""
     lab.pin()
     (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + "\n")
     with pytest.raises(LockedFileError, match="autoresearch.toml"):
@@ -205,6 +223,7 @@ def test_changed_config_refuses_the_run(lab: Lab, repo: Path) -> None:
 
 
 def test_second_run_while_one_runs_is_busy_and_names_it(lab: Lab, repo: Path) -> None:
+    """Scenario: Concurrency / a second Lab on the same lock file while a run runs: BusyError naming the run"""
     lab.write(set_mode("sleep", 1.0))
     active = lab.start_run("the first")
     other = Lab.__new__(Lab)  # a second server process would see the same lock file
@@ -215,6 +234,7 @@ def test_second_run_while_one_runs_is_busy_and_names_it(lab: Lab, repo: Path) ->
 
 
 def test_two_threads_never_run_two_experiments(lab: Lab) -> None:
+    """Scenario: Concurrency / two threads racing to run: exactly one run, one BusyError"""
     lab.write(set_mode("sleep", 1.0))
     errors: list[Exception] = []
 
@@ -234,6 +254,8 @@ def test_two_threads_never_run_two_experiments(lab: Lab) -> None:
 
 
 def test_write_edits_must_match_exactly_once_and_change_nothing_otherwise(lab: Lab, repo: Path) -> None:
+    """Scenario: Bad input / edits that match nothing or more than once (domain level): refused, the file
+    unchanged"""
     before = (repo / "train.py").read_bytes()
     with pytest.raises(InvalidInputError, match="matches nothing"):
         lab.write(edits=[Edit("NOT THERE", "x")])
@@ -248,6 +270,8 @@ def test_write_edits_must_match_exactly_once_and_change_nothing_otherwise(lab: L
      ("x = 1\n" * 50_000, "over the cap")],
 )  # fmt: skip
 def test_bad_content_is_rejected_and_nothing_is_written(lab: Lab, repo: Path, content: str, match: str) -> None:
+    """Scenario: Bad input / empty, NUL, non-compiling, non-UTF-8 and oversized content (domain level): refused,
+    nothing written"""
     before = (repo / "train.py").read_bytes()
     with pytest.raises(InvalidInputError, match=match):
         lab.write(content)
@@ -260,6 +284,8 @@ def test_write_returns_a_diff_against_the_kept_version(lab: Lab) -> None:
 
 
 def test_decisions_with_nothing_to_decide_are_refused(lab: Lab) -> None:
+    """Scenario: Bad input / keep or discard with no runs, keep twice, an unknown run id (domain level):
+    StateError"""
     with pytest.raises(StateError, match="no runs yet"):
         lab.keep()
     lab.run("baseline")

@@ -73,7 +73,10 @@ async def test_whole_loop_over_stdio(repo: Path) -> None:
 
 
 async def test_nothing_but_protocol_reaches_stdout(repo: Path) -> None:
-    """A run that prints a lot must not corrupt the wire: the client still parses every reply."""
+    """A run that prints a lot must not corrupt the wire: the client still parses every reply.
+
+    Scenario: Hostile experiments / a flooding run under a real stdio server: nothing but protocol reaches stdout
+    """
     (repo / "train.py").write_text((repo / "train.py").read_text().replace('MODE = "ok"', 'MODE = "flood"'))
     async with Client(server_params(repo)) as client:
         result = await call(client, "run_experiment", description="flood")

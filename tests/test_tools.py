@@ -140,6 +140,7 @@ async def test_progress_notifications_arrive_during_a_run(
 
 
 async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> None:
+    """Scenario: Crash recovery / the client cancels run_experiment: the run is killed and recorded as cancelled"""
     async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
         await ok(client, "write_train", {"content": set_mode("hang")})
         with anyio.move_on_after(1.5):
@@ -167,6 +168,7 @@ async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
 
 
 async def test_not_a_git_repository_is_reported_by_every_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: Git edge cases / not a git repository at all: every tool says to run `git init` and commit"""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(tmp_path))
     async with Client(app.mcp) as client:  # type: ignore[arg-type]
         message = await refused(client, "read_train")
