@@ -163,6 +163,18 @@ async def discard(
     return await call(ctx, views.decide, "discard", run_id, False, None)
 
 
+def _refuse_unknown_arguments() -> None:
+    """A misspelt argument must be an error, not silently dropped (the SDK's models allow extras).
+
+    Uses the SDK's tool manager; tests/test_reliability_io.py fails if a new SDK changes this."""
+    for registered in mcp._tool_manager.list_tools():
+        registered.fn_metadata.arg_model.model_config["extra"] = "forbid"
+        registered.fn_metadata.arg_model.model_rebuild(force=True)
+
+
+_refuse_unknown_arguments()
+
+
 @mcp.resource("autoresearch://program", mime_type="text/markdown", description="the agent's instructions")
 def program() -> str:
     path = project_root() / "program.md"

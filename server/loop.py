@@ -330,11 +330,12 @@ class Lab:
                     "call discard, or keep with force=true and a reason if the code is simpler and the result equal."
                 )
             tip = self.tip()
-            if run.parent != tip:
+            if run.parent != tip and tip != run.commit:  # tip == commit: an earlier keep died before recording
                 raise StateError(f"the run branch moved since run {run.id} started (now {tip[:7]}); "
                                  "call discard and run again.")  # fmt: skip
             self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
-            gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
+            if tip != run.commit:
+                gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
             self.history.decide(run.id, "keep", reason if force else None)
             return self.history.get(run.id) or run
 

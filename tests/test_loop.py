@@ -331,3 +331,12 @@ def test_state_dir_is_ignored_by_git(lab: Lab, repo: Path) -> None:
     lab.run("baseline")
     assert ".autoresearch" not in git(repo, "status", "--porcelain", "--untracked-files=all")
     assert os.path.isdir(repo / ".autoresearch")
+
+
+def test_keep_interrupted_after_moving_the_branch_completes_on_retry(lab: Lab, repo: Path) -> None:
+    """Scenario: Recovery after a crash / a server killed inside keep, between moving the branch and recording
+    the decision: keep again finishes the decision instead of refusing."""
+    run = lab.run("baseline")
+    git(repo, "update-ref", "refs/heads/autoresearch/test", run.commit)  # what the dead keep had done
+    assert lab.keep().decision == "keep"
+    assert git(repo, "status", "--porcelain") == ""

@@ -119,10 +119,8 @@ async def test_editable_file_that_is_not_utf8_on_disk_is_reported(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-@pytest.mark.xfail(strict=True, reason="the MCP SDK ignores unknown arguments; refusing them needs app.py")
 async def test_unknown_arguments_are_refused(repo: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
-    """Scenario: Bad input / unknown arguments (KNOWN GAP, xfail: the SDK drops them silently; the fix
-    belongs in app.py)."""
+    """Scenario: Bad input / unknown arguments to a tool are refused, naming the argument."""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
     async with Client(app.mcp) as client:  # type: ignore[arg-type]
         await refused_without_change(client, repo, [("get_history", {"limit": 3, "bogus": 1}, "bogus")])
