@@ -334,7 +334,7 @@ def test_state_dir_is_ignored_by_git(lab: Lab, repo: Path) -> None:
 
 
 def test_keep_interrupted_after_moving_the_branch_completes_on_retry(lab: Lab, repo: Path) -> None:
-    """Scenario: Recovery after a crash / a server killed inside keep, between moving the branch and recording
+    """Scenario: Crash recovery / a server killed inside keep, between moving the branch and recording
     the decision: keep again finishes the decision instead of refusing."""
     run = lab.run("baseline")
     git(repo, "update-ref", "refs/heads/autoresearch/test", run.commit)  # what the dead keep had done
