@@ -53,12 +53,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """One experiment by hand, through the server's runner, with a live progress bar."""
+    from server.demo import data_problem
     from server.live import run_with_progress
     from server.loop import Lab
     from server.views import run_result
 
     root = root_of(args)
     lab = Lab(root, load_config(root))
+    problem = data_problem(root)
+    if problem:
+        raise ConfigError(problem)
     record = run_with_progress(lab, args.description, out)
     result = run_result(lab, record)
     out.print_json(result.model_dump_json())
@@ -140,8 +144,6 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", default="progress.png", help="the PNG to write")
     elif name == "watch":
         parser.add_argument("--once", action="store_true", help="draw one frame and exit")
-    elif name == "prepare":
-        parser.add_argument("prepare_args", nargs=argparse.REMAINDER, help="passed to experiment/prepare.py")
     elif name == "demo":
         parser.add_argument("--experiments", type=int, default=8, help="runs including the baseline")
         parser.add_argument("--budget", type=float, default=30.0, help="seconds of training per run")
@@ -151,7 +153,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "demo": (cmd_demo, "the whole loop on this machine, driven by a built-in agent over MCP"),
-    "prepare": (cmd_prepare, "one-time data and tokenizer preparation"),
+    "prepare": (cmd_prepare, "one-time data and tokenizer preparation (options: prepare --help)"),
     "run": (cmd_run, "one experiment by hand, with a live progress bar"),
     "keep": (cmd_decide, "keep the latest run (as the agent's keep tool)"),
     "discard": (cmd_decide, "discard the latest run (as the agent's discard tool)"),
@@ -168,12 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=None, help="the repository (default: current directory)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        add_arguments(name, sub.add_parser(name, help=help_text, description=help_text))
+        # prepare's options, --help included, belong to experiment/prepare.py
+        add_arguments(name, sub.add_parser(name, help=help_text, description=help_text, add_help=name != "prepare"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "prepare":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.prepare_args = [a for a in extra if a != "--"]  # prepare passes its options to prepare.py
     started = time.monotonic()
     try:
         return COMMANDS[args.command][0](args)

@@ -29,8 +29,10 @@ from server.history import History
 from server.lock import RepoLock
 from server.plot import plot_progress
 
-CONSTANT_RE = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]*) = (?P<value>-?[0-9][0-9_]*(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)\b",
-                         re.MULTILINE)  # fmt: skip
+# A constant whose whole value is one number literal (not `8 if ON_GPU else 4`), then an optional comment.
+CONSTANT_RE = re.compile(
+    r"^(?P<name>[A-Z][A-Z0-9_]*) = (?P<value>-?[0-9][0-9_]*(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)[ \t]*(?:#.*)?$", re.MULTILINE
+)
 SKIP = {"SEED"}  # changing the seed only measures noise
 FACTOR = 1.5
 
@@ -73,7 +75,8 @@ def _variants(literal: str) -> list[str]:
     options = [value * FACTOR, value / FACTOR]
     if value < 1:  # ratios and betas must stay below one
         options = [v for v in options if v < 1]
-    return [f"{v:.4g}" if "e" not in f"{v:.4g}" else f"{v:.2e}" for v in options]
+    texts = [f"{v:.4g}" for v in options]
+    return [t if ("." in t or "e" in t) else t + ".0" for t in texts]  # a float stays a float literal
 
 
 def server_params(main_root: Path, worktree: Path, env: dict[str, str]) -> StdioServerParameters:
@@ -125,18 +128,26 @@ class DemoAgent:
             await self.experiment(number, idea.description)
 
 
-def ensure_data(root: Path, console: Console) -> None:
-    """Prepare the default dataset if it is missing (idempotent; a no-op when already there)."""
+def data_problem(root: Path) -> str | None:
+    """Why the default experiment's data is not ready (prepare.py --check), or None when it is."""
     script = root / "experiment" / "prepare.py"
     if not script.exists():
-        raise ConfigError("experiment/prepare.py is missing; run the demo from the repository root.")
-    if subprocess.call([sys.executable, str(script), "--check"], cwd=root, stdout=subprocess.DEVNULL) == 0:
+        return None  # not the default experiment: its own command reports missing data
+    env = {**os.environ, **load_config(root).env}
+    check = subprocess.run([sys.executable, str(script), "--check"], cwd=root, env=env, capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    return None if check.returncode == 0 else (check.stderr.strip().splitlines() or ["data is not prepared"])[-1]
+
+
+def ensure_data(root: Path, console: Console) -> None:
+    """Prepare the default dataset if it is missing; a dataset named by the environment must exist."""
+    problem = data_problem(root)
+    if problem is None:
         return
-    if os.environ.get("AUTORESEARCH_DATASET"):
-        raise ConfigError(f"dataset {os.environ['AUTORESEARCH_DATASET']!r} is not prepared; run "
-                          "`autoresearch prepare` with the options that make it.")  # fmt: skip
+    if os.environ.get("AUTORESEARCH_DATASET") or load_config(root).env.get("AUTORESEARCH_DATASET"):
+        raise ConfigError(problem)
     console.print("[bold]preparing the default data (once)[/bold]")
-    if subprocess.call([sys.executable, str(script)], cwd=root) != 0:
+    if subprocess.call([sys.executable, str(root / "experiment" / "prepare.py")], cwd=root) != 0:
         raise ConfigError("data preparation failed (see above); fix it and run the demo again.")
 
 
@@ -146,7 +157,9 @@ def run_demo(root: Path, experiments: int, budget: float, out: str, console: Con
         raise InvalidInputError("--experiments must be at least 1 and --budget above 0.")
     repo = gitops.open_repo(root)
     root = Path(repo.working_tree_dir or root)
-    state = root / load_config(root).state_dir
+    state_name = load_config(root).state_dir
+    state = root / state_name
+    gitops.exclude(repo, state_name)
     with RepoLock(state / "demo.lock").hold("demo"):
         ensure_data(root, console)
         tag = "demo-" + time.strftime("%Y%m%d-%H%M%S")

@@ -36,6 +36,16 @@ def open_repo(root: Path) -> git.Repo:
     return repo
 
 
+def exclude(repo: git.Repo, path: str) -> None:
+    """Add a root-relative folder to .git/info/exclude (shared by all worktrees) unless it is there."""
+    exclude_file = Path(repo.common_dir) / "info" / "exclude"
+    entry = f"/{path.strip('/')}/"
+    text = exclude_file.read_text() if exclude_file.exists() else ""
+    if entry not in text.split("\n"):
+        exclude_file.parent.mkdir(parents=True, exist_ok=True)
+        exclude_file.write_text(text + ("" if text.endswith("\n") or not text else "\n") + entry + "\n")
+
+
 def run_branch(tag: str) -> str:
     return f"autoresearch/{tag}"
 

@@ -81,14 +81,8 @@ class Lab:
 
     def _ignore_state_dir(self) -> None:
         """Keep the state folder out of `git status` without touching the user's .gitignore."""
-        if Path(self.config.state_dir).is_absolute():
-            return  # outside the tree (the demo shares the main checkout's state folder)
-        exclude = Path(self.repo.common_dir) / "info" / "exclude"
-        entry = f"/{self.config.state_dir.strip('/')}/"
-        text = exclude.read_text() if exclude.exists() else ""
-        if entry not in text.split("\n"):
-            exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + entry + "\n")
+        if not Path(self.config.state_dir).is_absolute():  # else outside the tree (the demo's shared state)
+            gitops.exclude(self.repo, self.config.state_dir)
 
     def _recover(self, held: Held) -> None:
         """A run left in the lock file means its server died: kill what is left, record it interrupted."""

@@ -1,0 +1,81 @@
+"""Helpers shared by the benchmarks: running prepare.py and train.py for real, parsing, statistics."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = ROOT / "experiment"
+QUICK_TEXT = "When shall we three meet again, in thunder, lightning, or in rain? " * 400
+
+
+def load_prepare() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("prepare", EXPERIMENT / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare_dataset(args: list[str], cache: str | None = None) -> None:
+    """Run prepare.py in a subprocess (idempotent: an already prepared dataset is left alone)."""
+    env = {**os.environ, **({"AUTORESEARCH_CACHE": cache} if cache else {})}
+    subprocess.run([sys.executable, str(EXPERIMENT / "prepare.py"), *args], env=env, check=True)
+
+
+def quick_dataset() -> dict[str, str]:
+    """A tiny byte-level dataset in a fresh temporary cache; returns the env vars that select it."""
+    root = Path(tempfile.mkdtemp(prefix="autoresearch-bench-"))
+    (root / "corpus.txt").write_text(QUICK_TEXT, encoding="utf-8")
+    cache = str(root / "cache")
+    prepare_dataset(
+        ["--source", "files", "--paths", str(root / "corpus.txt"), "--byte-level", "--name", "quick"], cache
+    )
+    return {"AUTORESEARCH_CACHE": cache, "AUTORESEARCH_DATASET": "quick", "AUTORESEARCH_MODEL_SIZE": "tiny"}
+
+
+def parse_summary(stdout: str) -> dict[str, str]:
+    """The last `---` block, as the server reads it."""
+    if "\n---\n" not in stdout:
+        return {}
+    block = stdout.rsplit("\n---\n", 1)[1]
+    return {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in block.splitlines() if ":" in ln)}
+
+
+def run_train(budget: float, extra_env: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra_env, "AUTORESEARCH_TIME_BUDGET": str(budget)}
+    print(f"[bench] train.py with a {budget:g}s budget ...", file=sys.stderr, flush=True)
+    result = subprocess.run(
+        [sys.executable, str(EXPERIMENT / "train.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    summary = parse_summary(result.stdout)
+    if result.returncode != 0 or not summary:
+        raise SystemExit(f"train.py failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return summary
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def fmt(s: dict[str, float], digits: int = 3) -> str:
+    if s["n"] == 1:
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def write_json(path: str, data: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    print(f"[bench] wrote {path}", file=sys.stderr)

@@ -1,0 +1,161 @@
+"""The `autoresearch` command: history, plot, watch, run, pin, and the user errors that end in one sentence."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, git, set_mode
+
+from server.config import load_config
+from server.history import RunRecord
+from server.loop import Lab
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def cli(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "server", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.fixture
+def decided(repo: Path) -> Lab:
+    """A history with a kept, a discarded and a crashed run."""
+    lab = Lab(repo, load_config(repo))
+    lab.run("baseline")
+    lab.keep()
+    lab.write(set_mode("ok", 2.0))
+    lab.run("worse")
+    lab.discard()
+    lab.write(set_mode("crash", 1.0))
+    lab.run("broken")
+    lab.discard()
+    return lab
+
+
+def test_history_json_round_trips_the_records(decided: Lab, repo: Path) -> None:
+    out = cli(repo, "history", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [RunRecord.model_validate(item) for item in json.loads(out.stdout)] == decided.history.runs()
+
+
+def test_history_tsv_is_the_original_results_file(decided: Lab, repo: Path) -> None:
+    out = cli(repo, "history", "--tsv")
+    assert out.stdout == decided.history.tsv_path.read_text()
+
+
+def test_history_table_shows_every_run(decided: Lab, repo: Path) -> None:
+    out = cli(repo, "history")
+    assert all(word in out.stdout for word in ("baseline", "worse", "broken", "3 runs"))
+
+
+def test_plot_writes_a_png(decided: Lab, repo: Path, tmp_path: Path) -> None:
+    out = cli(repo, "plot", "--out", str(tmp_path / "p.png"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "p.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_watch_once_draws_a_frame(decided: Lab, repo: Path) -> None:
+    out = cli(repo, "watch", "--once")
+    assert out.returncode == 0 and "baseline" in out.stdout
+
+
+def test_run_by_hand_prints_the_result_and_records_it(repo: Path) -> None:
+    out = cli(repo, "run", "by hand")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout[out.stdout.index("{") :])["metric"] == 1.0
+    assert cli(repo, "keep").returncode == 0
+    assert git(repo, "rev-parse", "autoresearch/test") == git(repo, "rev-parse", "refs/autoresearch/test/1")
+
+
+def test_pin_accepts_a_committed_change_to_a_locked_file(repo: Path) -> None:
+    assert cli(repo, "run", "baseline").returncode == 0 and cli(repo, "keep").returncode == 0
+    (repo / "prepare.py").write_text((repo / "prepare.py").read_text() + "\n# intended\n")
+    refused = cli(repo, "run", "after edit")
+    assert refused.returncode == 2 and "autoresearch pin" in refused.stderr
+    git(repo, "commit", "-qam", "intended change to the evaluator")
+    assert cli(repo, "pin").returncode == 0
+    assert cli(repo, "run", "after pin").returncode == 0
+
+
+def one_sentence(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") <= 2, out.stderr
+    return out.stderr
+
+
+def test_not_a_git_repository_is_one_sentence(tmp_path: Path) -> None:
+    assert "not a git repository" in one_sentence(cli(tmp_path, "run"))
+
+
+def test_dirty_locked_file_is_one_sentence(repo: Path) -> None:
+    (repo / "prepare.py").write_text("# changed\n")
+    assert "prepare.py has uncommitted changes" in one_sentence(cli(repo, "run"))
+
+
+def test_second_demo_is_one_sentence(repo: Path) -> None:
+    lock = repo / ".autoresearch" / "demo.lock"
+    lock.parent.mkdir(parents=True)
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps({"pid": os.getpid(), "op": "demo"}))
+        fh.flush()
+        message = one_sentence(cli(repo, "demo"))
+    assert f"process {os.getpid()} is doing demo" in message
+
+
+def test_no_data_prepared_is_one_sentence(tmp_path: Path) -> None:
+    repo = experiment_repo(tmp_path)
+    env = {"AUTORESEARCH_CACHE": str(tmp_path / "empty-cache"), "AUTORESEARCH_DATASET": "missing"}
+    message = one_sentence(cli(repo, "run", env=env))
+    assert "not prepared" in message and "autoresearch prepare" in message
+
+
+def experiment_repo(tmp_path: Path) -> Path:
+    """A fresh clone's worth of the real project: experiment/, configuration, .mcp.json, program.md."""
+    repo = tmp_path / "project"
+    repo.mkdir()
+    for name in ("experiment", "autoresearch.toml", ".mcp.json", "program.md", ".gitignore"):
+        source = REPO_ROOT / name
+        target = repo / name
+        if source.is_dir():
+            target.mkdir()
+            for file in source.glob("*.py"):
+                (target / file.name).write_bytes(file.read_bytes())
+        else:
+            target.write_bytes(source.read_bytes())
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fresh clone")
+    return repo
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_end_to_end_over_stdio(tmp_path: Path) -> None:
+    repo = experiment_repo(tmp_path)
+    cache = tmp_path / "cache"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog. " * 4000)
+    env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_DATASET": "tiny-byte", "AUTORESEARCH_MODEL_SIZE": "tiny",
+           "AUTORESEARCH_EVAL_TOKENS": "4096"}  # fmt: skip
+    prepared = cli(repo, "prepare", "--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny-byte",
+                   env=env)  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    out = cli(repo, "demo", "--experiments", "3", "--budget", "1", "--out", "progress.png", env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    tag = out.stdout.split("run tag ")[1].split(";")[0]
+    history = json.loads(cli(repo, "history", "--json", "--tag", tag).stdout)
+    assert len(history) == 3 and all(run["decision"] in ("keep", "discard") for run in history)
+    kept = [run for run in history if run["decision"] == "keep"]
+    assert git(repo, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit"]
+    assert (repo / "progress.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert git(repo, "branch", "--show-current") == "main" and git(repo, "status", "--porcelain") == ""

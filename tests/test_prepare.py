@@ -1,0 +1,200 @@
+"""Tests of experiment/prepare.py's one-time preparation: real corpora, real tokenizers, real downloads."""
+
+import http.server
+import importlib.util
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
+OUTPUTS = ("train.bin", "val.bin", "tokenizer.json", "token_bytes.npy", "meta.json")
+DOCS = {
+    "a.txt": "To be, or not to be, that is the question. " * 40 + "Café au lait, s'il vous plaît. " * 10,
+    "b.md": "# Title\n\n日本語のテキストです。" * 30 + "Emoji 🙂🎭 and more. " * 20,
+    "sub/c.txt": "Plain ASCII words repeat here; plain words, plain words. " * 50,
+}
+
+
+def load_prepare():
+    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def prepare(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    module = load_prepare()
+    monkeypatch.setattr(module, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
+    return module
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    root = tmp_path / "corpus"
+    for name, text in DOCS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text, encoding="utf-8")
+    (root / "ignored.bin").write_bytes(b"\x00\x01 not text")
+    return root
+
+
+def expected_split(texts):
+    """The split computed independently: the last 5% of the characters of each document is validation."""
+    cuts = [int(len(t) * 0.95) for t in texts]
+    return [t[:c] for t, c in zip(texts, cuts, strict=True)], [t[c:] for t, c in zip(texts, cuts, strict=True)]
+
+
+def sorted_texts(root):
+    return [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.suffix in (".txt", ".md")]
+
+
+def test_byte_level_files_source(prepare, corpus):
+    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    directory = prepare.dataset_dir("tiny")
+    meta = json.loads((directory / "meta.json").read_text())
+    assert meta["vocab_size"] == 257 and meta["bos_id"] == 256
+    assert meta["documents"] == {"train": 3, "val": 3}
+    train, val = expected_split(sorted_texts(corpus))
+    val_tokens = np.fromfile(directory / "val.bin", dtype=np.uint16)
+    expected = b"".join(v.encode() for v in val)
+    assert bytes(val_tokens[val_tokens != 256].astype(np.uint8)) == expected
+    assert (val_tokens == 256).sum() == 3
+    train_tokens = np.fromfile(directory / "train.bin", dtype=np.uint16)
+    assert len(train_tokens) == sum(len(t.encode()) for t in train) + 3
+
+
+def test_bpe_is_deterministic_across_caches(prepare, corpus, tmp_path, monkeypatch):
+    args = ["--source", "files", "--paths", str(corpus), "--vocab-size", "320", "--name", "bpe"]
+    assert prepare.main(args) == 0
+    first = prepare.dataset_dir("bpe")
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "other-cache"))
+    assert prepare.main(args) == 0
+    second = prepare.dataset_dir("bpe")
+    assert first != second
+    for name in OUTPUTS:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    meta = json.loads((first / "meta.json").read_text())
+    assert meta["vocab_size"] == 320
+    assert meta["outputs"]["val.bin"]["sha256"] == prepare.sha256_file(first / "val.bin")
+
+
+def test_round_trip_and_byte_lengths(prepare, corpus):
+    prepare.main(["--source", "files", "--paths", str(corpus), "--vocab-size", "360", "--name", "bpe"])
+    tok = prepare.load_tokenizer("bpe")
+    assert tok.vocab_size == 360 and tok.bos_id == 359 and tok.token_bytes[tok.bos_id] == 0
+    for text in ["é", "日本", "🙂", "Café 日本語 🎭 plain words", "x" * 100]:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert int(tok.token_bytes[ids].sum()) == len(text.encode("utf-8"))
+    for token_id in range(tok.vocab_size - 1):  # every ordinary token, against tiktoken's raw bytes
+        assert tok.token_bytes[token_id] == len(tok.enc.decode_single_token_bytes(token_id))
+    assert tok.encode("a", prepend_bos=True)[0] == tok.bos_id
+    assert b"pickle" not in (prepare.dataset_dir("bpe") / "tokenizer.json").read_bytes()
+
+
+def test_rerun_is_idempotent(prepare, corpus, capsys):
+    args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
+    prepare.main(args)
+    directory = prepare.dataset_dir("tiny")
+    mtimes = {name: (directory / name).stat().st_mtime_ns for name in OUTPUTS}
+    capsys.readouterr()
+    assert prepare.main(args) == 0
+    assert "already prepared" in capsys.readouterr().out
+    assert mtimes == {name: (directory / name).stat().st_mtime_ns for name in OUTPUTS}
+
+
+def test_incomplete_dataset_is_rebuilt(prepare, corpus, capsys):
+    args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
+    prepare.main(args)
+    directory = prepare.dataset_dir("tiny")
+    (directory / "val.bin").unlink()  # as if interrupted after meta.json was removed and files rewritten
+    capsys.readouterr()
+    prepare.main(args)
+    assert "prepared" in capsys.readouterr().out and (directory / "val.bin").exists()
+    assert not list(directory.glob(".*tmp*"))  # no temp files left behind
+
+
+def test_changed_input_rebuilds(prepare, corpus):
+    args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
+    prepare.main(args)
+    before = json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"]
+    (corpus / "a.txt").write_text("changed text " * 100, encoding="utf-8")
+    prepare.main(args)
+    assert json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"] != before
+
+
+def write_shards(directory, n):
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = [[f"shard {i} document {j}: some text, ünïcödé {j * i}." * 5 for j in range(20)] for i in range(n)]
+    for i, docs in enumerate(shards):
+        pq.write_table(pa.table({"text": docs, "id": list(range(len(docs)))}), directory / f"shard_{i:05d}.parquet")
+    return shards
+
+
+def test_climbmix_from_file_url(prepare, tmp_path, monkeypatch):
+    shards = write_shards(tmp_path / "hub", 3)
+    monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", (tmp_path / "hub").as_uri())
+    assert prepare.main(["--source", "climbmix", "--num-shards", "3", "--byte-level", "--name", "cm"]) == 0
+    meta = json.loads((prepare.dataset_dir("cm") / "meta.json").read_text())
+    assert meta["documents"] == {"train": 40, "val": 20}
+    assert meta["bytes"]["val"] == sum(len(d.encode()) for d in shards[2])
+    assert sorted(meta["inputs"]) == [f"shard_{i:05d}.parquet" for i in range(3)]
+
+
+class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files, but answers the very first request with a 500, as an overloaded hub might."""
+
+    requests: list[str] = []
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        if len(self.requests) == 1:
+            self.send_error(500, "try again")
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_climbmix_http_retries_after_500(prepare, tmp_path, monkeypatch, capsys):
+    write_shards(tmp_path / "hub", 2)
+    FlakyHandler.requests = []
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a: FlakyHandler(*a, directory=str(tmp_path / "hub"))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        assert prepare.main(["--source", "climbmix", "--num-shards", "2", "--byte-level", "--name", "cm"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert FlakyHandler.requests == ["/shard_00000.parquet"] * 2 + ["/shard_00001.parquet"]
+    assert "retrying" in capsys.readouterr().err
+    assert not list((prepare.cache_root() / "climbmix-shards").glob(".*tmp*"))
+
+
+def test_download_gives_up_after_retries(prepare, tmp_path):
+    with pytest.raises(SystemExit, match="after 2 attempts"):
+        prepare.download((tmp_path / "missing.parquet").as_uri(), tmp_path / "out.parquet", retries=2)
+    assert not (tmp_path / "out.parquet").exists()
+
+
+def test_shakespeare_source(prepare):
+    assert prepare.main(["--vocab-size", "512", "--name", "sh"]) == 0
+    meta = json.loads((prepare.dataset_dir("sh") / "meta.json").read_text())
+    assert meta["source"] == "shakespeare" and meta["documents"] == {"train": 38, "val": 38}
+    assert 0.045 < meta["bytes"]["val"] / (meta["bytes"]["val"] + meta["bytes"]["train"]) < 0.055
+    assert all(name.endswith(".md") for name in meta["inputs"])
+    tok = prepare.load_tokenizer("sh")
+    assert tok.decode(tok.encode("Now, fair Hippolyta")) == "Now, fair Hippolyta"

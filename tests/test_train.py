@@ -1,0 +1,98 @@
+"""Real runs of experiment/train.py as a subprocess, on a tiny byte-level dataset."""
+
+import importlib.util
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
+TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 60
+PROGRESS = re.compile(r"^step (\d+) \| loss ([0-9.]+) \|.* \| elapsed ([0-9.]+)s \| remaining ([0-9.]+)s$", re.M)
+
+
+def load_prepare():
+    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    for i in range(2):
+        (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
+    load_prepare().main(["--source", "files", "--paths", str(tmp_path), "--byte-level", "--name", "tiny"])
+    return {
+        **os.environ,
+        "AUTORESEARCH_DATASET": "tiny",
+        "AUTORESEARCH_TIME_BUDGET": "2",
+        "AUTORESEARCH_DEVICE": "cpu",
+        "AUTORESEARCH_RUN_ID": "test-run",
+    }
+
+
+def run_train(script, env, cwd):
+    return subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def summary(stdout):
+    block = stdout.rsplit("\n---\n", 1)[1]
+    return dict(line.split(":", 1) for line in block.strip().splitlines())
+
+
+@pytest.mark.parametrize("size", ["tiny", "default"])
+def test_short_run_prints_progress_and_summary(env, tmp_path, size):
+    env = {**env, "AUTORESEARCH_MODEL_SIZE": size}
+    result = run_train(EXPERIMENT / "train.py", env, cwd=tmp_path)  # cwd is not the repo: must still work
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = PROGRESS.findall(result.stdout)
+    assert steps and int(steps[-1][0]) >= 3
+    values = {k.strip(): v.strip() for k, v in summary(result.stdout).items()}
+    assert set(values) >= {
+        "val_bpb",
+        "training_seconds",
+        "total_seconds",
+        "peak_memory_mb",
+        "total_tokens_M",
+        "num_steps",
+        "num_params_M",
+        "depth",
+        "device",
+    }
+    assert "mfu_percent" not in values  # unknown peak on CPU
+    assert re.fullmatch(r"\d+\.\d{6}", values["val_bpb"])
+    assert 0.5 < float(values["val_bpb"]) < 9.0 and math.isfinite(float(values["val_bpb"]))
+    assert 2.0 <= float(values["training_seconds"]) < 10.0
+    assert float(values["total_seconds"]) >= float(values["training_seconds"])
+    assert int(values["num_steps"]) == int(steps[-1][0]) and values["device"] == "cpu"
+    assert float(values["peak_memory_mb"]) > 10 and float(values["total_tokens_M"]) > 0
+
+
+def test_exploding_run_fails_fast_without_summary(env, tmp_path):
+    snapshot = tmp_path / "snapshot" / "experiment"
+    shutil.copytree(EXPERIMENT, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (snapshot / "train.py").read_text()
+    # Every learning rate x 1e9, and the logit soft-cap (which bounds the loss below 100) moved out of reach.
+    broken, count = re.subn(r"^([A-Z_]*_LR) = [0-9.e+-]+", r"\1 = 1e9", source, flags=re.M)
+    broken, capped = re.subn(r"^LOGIT_SOFTCAP = [0-9.e+-]+", "LOGIT_SOFTCAP = 1e30", broken, flags=re.M)
+    assert count >= 2 and capped == 1
+    (snapshot / "train.py").write_text(broken)
+    result = run_train(snapshot / "train.py", {**env, "AUTORESEARCH_MODEL_SIZE": "tiny"}, cwd=snapshot.parent)
+    assert result.returncode == 1
+    assert re.search(r"^FAIL", result.stdout, re.M)
+    assert "\n---\n" not in result.stdout and "val_bpb" not in result.stdout
