@@ -41,6 +41,9 @@ class Config(BaseModel):
     time_budget: float = Field(300.0, gt=0, description="seconds of training per experiment")
     timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = 2 x budget + 60")
     budget_tolerance: float = Field(0.05, ge=0, description="fraction over budget still accepted")
+    min_improvement: float = Field(
+        0.0, ge=0, description="noise floor: a run must beat the best by more than this to be kept"
+    )
     eval_tokens: int = Field(40 * 524288, gt=0)
     kill_grace: float = Field(5.0, ge=0, description="seconds between SIGTERM and SIGKILL")
     max_log_bytes: int = Field(5_000_000, ge=10_000)
@@ -63,10 +66,11 @@ class Config(BaseModel):
         return [sys.executable if part == "{python}" else part for part in self.command]
 
     def better(self, metric: float, best: float | None) -> bool:
-        """Strictly better in the metric's direction."""
+        """Strictly better in the metric's direction, by more than the noise floor min_improvement."""
         if best is None:
             return True
-        return metric < best if self.direction == "minimize" else metric > best
+        gain = best - metric if self.direction == "minimize" else metric - best
+        return gain > self.min_improvement
 
 
 def load_config(root: Path) -> Config:

@@ -320,7 +320,8 @@ class Lab:
                 raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
             if not force and not self.config.better(run.metric, run.best_before):
                 raise StateError(
-                    f"run {run.id} ({run.metric:.6f}) is not better than the best ({run.best_before:.6f}); "
+                    f"run {run.id} ({run.metric:.6f}) is not better than the best ({run.best_before:.6f}) by more "
+                    f"than min_improvement ({self.config.min_improvement:g}); "
                     "call discard, or keep with force=true and a reason if the code is simpler and the result equal."
                 )
             tip = self.tip()

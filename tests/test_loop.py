@@ -340,3 +340,18 @@ def test_keep_interrupted_after_moving_the_branch_completes_on_retry(lab: Lab, r
     git(repo, "update-ref", "refs/heads/autoresearch/test", run.commit)  # what the dead keep had done
     assert lab.keep().decision == "keep"
     assert git(repo, "status", "--porcelain") == ""
+
+
+def test_min_improvement_is_a_noise_floor_for_keep(tmp_path: Path) -> None:
+    from conftest import FAKE_CONFIG, make_fake_repo
+
+    repo = make_fake_repo(tmp_path / "noisy", FAKE_CONFIG + "min_improvement = 0.05\n")
+    lab = Lab(repo, load_config(repo))
+    lab.run("baseline")
+    lab.keep()
+    run_mode(lab, "ok", 0.97)  # better, but within the noise floor
+    with pytest.raises(StateError, match="by more than min_improvement"):
+        lab.keep()
+    lab.discard()
+    run_mode(lab, "ok", 0.9)
+    assert lab.keep().decision == "keep"
