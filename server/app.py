@@ -15,8 +15,8 @@ import anyio
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
-from pydantic import Field
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from server import views
 from server.config import load_config
@@ -78,13 +78,22 @@ async def call(ctx: Context[AppState], fn: Callable[..., T], *args: Any) -> T:
         raise ToolError(str(exc)) from exc
 
 
+def compact(result: BaseModel) -> CallToolResult:
+    """The structured result for programs, and the same as compact JSON text (no indent, no nulls) for the
+    model: the SDK's default text is indented JSON, a fifth larger, paid in the agent's context every call."""
+    text = result.model_dump_json(exclude_none=True)
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)], structured_content=result.model_dump(mode="json")
+    )
+
+
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
 
 @mcp.tool(annotations=READ_ONLY)
-async def read_train(ctx: Context[AppState]) -> views.TrainFile:
+async def read_train(ctx: Context[AppState]) -> Annotated[CallToolResult, views.TrainFile]:
     """The editable training script as it is now, the commit it is based on, and the best result so far."""
-    return await call(ctx, views.train_file)
+    return compact(await call(ctx, views.train_file))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=False, idempotent_hint=True, open_world_hint=False))
@@ -95,19 +104,19 @@ async def write_train(
         list[views.EditIn] | None,
         Field(description="exact search/replace pairs applied in order; each `old` must occur exactly once"),
     ] = None,
-) -> views.WriteResult:
+) -> Annotated[CallToolResult, views.WriteResult]:
     """Change the training script (the only file you may change). Send `edits` for small changes or `content`
     for a rewrite. Rejected unless it is UTF-8 text that compiles; then the file is left unchanged. Returns the
     diff against the last kept version."""
     pairs = [Edit(e.old, e.new) for e in edits] if edits is not None else None
-    return await call(ctx, views.write, content, pairs)
+    return compact(await call(ctx, views.write, content, pairs))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
 async def run_experiment(
     ctx: Context[AppState],
     description: Annotated[str, Field(min_length=1, max_length=200, description="the idea, in a few words")],
-) -> views.RunResult:
+) -> Annotated[CallToolResult, views.RunResult]:
     """Commit the current script and run it as one experiment with the fixed time budget; blocks until it ends
     (minutes) and returns the metric, its change against the best, and on failure the end of the log.
     Afterwards call keep or discard."""
@@ -127,7 +136,7 @@ async def run_experiment(
             await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
         raise
     record = await call(ctx, lambda lab_: lab_.finish_run(active))
-    return await call(ctx, views.run_result, record)
+    return compact(await call(ctx, views.run_result, record))
 
 
 @mcp.tool(annotations=READ_ONLY)
@@ -135,10 +144,10 @@ async def get_history(
     ctx: Context[AppState],
     limit: Annotated[int, Field(ge=1, le=500, description="how many recent runs to list")] = 30,
     run_id: Annotated[int | None, Field(ge=1, description="show this run's detail: diff, log tail, summary")] = None,
-) -> views.HistoryView:
+) -> Annotated[CallToolResult, views.HistoryView]:
     """What has been tried: recent runs as compact rows, the best run, counts, the run awaiting a decision;
     with run_id, that run's full detail."""
-    return await call(ctx, views.history_view, limit, run_id)
+    return compact(await call(ctx, views.history_view, limit, run_id))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))
@@ -147,20 +156,20 @@ async def keep(
     force: Annotated[bool, Field(description="keep a run that is not better (simpler code, equal result)")] = False,
     reason: Annotated[str | None, Field(max_length=300, description="required with force")] = None,
     run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
-) -> views.DecisionResult:
+) -> Annotated[CallToolResult, views.DecisionResult]:
     """Accept the latest finished run: the run branch advances to its commit. Only a strict improvement on
     the best is kept unless force is given with a reason. Crashed runs can never be kept."""
-    return await call(ctx, views.decide, "keep", run_id, force, reason)
+    return compact(await call(ctx, views.decide, "keep", run_id, force, reason))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
 async def discard(
     ctx: Context[AppState],
     run_id: Annotated[int | None, Field(ge=1, description="the run to discard; default the latest")] = None,
-) -> views.DecisionResult:
+) -> Annotated[CallToolResult, views.DecisionResult]:
     """Reject the latest run: the training script returns to the last kept version. Its result stays in
     the history."""
-    return await call(ctx, views.decide, "discard", run_id, False, None)
+    return compact(await call(ctx, views.decide, "discard", run_id, False, None))
 
 
 def _refuse_unknown_arguments() -> None:

@@ -120,15 +120,18 @@ def fold(events: list[dict[str, Any]]) -> dict[int, RunRecord]:
 _DECISION_KEYS = {"decision", "forced", "force_reason", "decided_at"}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a whole file through a temporary sibling and rename, so readers never see half of it."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write a whole file through a temporary sibling and rename, so readers never see half of it.
+
+    durable=False skips the fsync for files rebuilt from runs.jsonl (results.tsv, record.json, diffs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -172,7 +175,7 @@ class History:
     def record(self, run: RunRecord, kind: Literal["start", "end"]) -> None:
         append_event(self.events_path, {"type": kind, "run": run.model_dump(mode="json")})
         if kind == "end":
-            atomic_write(self.run_dir(run.id) / "record.json", run.model_dump_json(indent=1).encode())
+            atomic_write(self.run_dir(run.id) / "record.json", run.model_dump_json(indent=1).encode(), durable=False)
             self.write_tsv()
 
     def decide(self, run_id: int, decision: Decision, force_reason: str | None = None) -> None:
@@ -183,7 +186,7 @@ class History:
         self.write_tsv()
 
     def write_tsv(self) -> None:
-        atomic_write(self.tsv_path, results_tsv(self.runs()).encode())
+        atomic_write(self.tsv_path, results_tsv(self.runs()).encode(), durable=False)
 
 
 def best_run(runs: list[RunRecord]) -> RunRecord | None:

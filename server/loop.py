@@ -174,7 +174,7 @@ class Lab:
             self._refuse_if_pending("write_train")
             new, data = self._new_content(content, edits)
             atomic_write(self.editable_path, data)
-        return gitops.unified_diff(self.kept_content(), new, self.config.editable)
+        return gitops.unified_diff(self.kept_content(), new, self.config.editable, context=1)
 
     def _new_content(self, content: str | None, edits: list[Edit] | None) -> tuple[str, bytes]:
         new = content if content is not None else apply_edits(self.current_content(), edits or [])
@@ -260,7 +260,7 @@ class Lab:
                               self.config, tampered)  # fmt: skip
             diff = gitops.unified_diff(self._blob_text(record.parent), self._blob_text(record.commit),
                                        self.config.editable)  # fmt: skip
-            atomic_write(self.history.run_dir(record.id) / "diff.patch", diff.encode())
+            atomic_write(self.history.run_dir(record.id) / "diff.patch", diff.encode(), durable=False)
             self.history.record(record, "end")
             return record
         finally:

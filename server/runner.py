@@ -145,6 +145,14 @@ class LocalExecution:
         self.pid = self.proc.pid
         self._reader = threading.Thread(target=self._read, name=f"log-{self.pid}", daemon=True)
         self._reader.start()
+        # A blocking waitpid in a thread wakes us the moment the run exits; Popen.wait(timeout) polls
+        # with sleeps of up to 50 ms, added to every experiment.
+        self._exited = threading.Event()
+        threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+
+    def _reap(self) -> None:
+        self.proc.wait()
+        self._exited.set()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -170,9 +178,7 @@ class LocalExecution:
         if self._outcome is not None:
             return self._outcome
         limit_left = self.spec.wall_limit - self.elapsed()
-        try:
-            self.proc.wait(max(0.0, min(timeout, limit_left)))
-        except subprocess.TimeoutExpired:
+        if not self._exited.wait(max(0.0, min(timeout, limit_left))):
             if self.elapsed() < self.spec.wall_limit:
                 return None
             self.kill("timeout")

@@ -11,7 +11,7 @@ from server.history import RunRecord, best_run, results_tsv
 DESC_WIDTH = 48
 MIN_DESC_WIDTH = 16
 # The rows go into an agent's context on every call, so their total size is capped, not just each row.
-ROWS_BUDGET = 7000
+ROWS_BUDGET = 6000
 ELLIPSIS = "…"
 
 

@@ -16,6 +16,7 @@ from server.loop import ActiveRun, Edit, Lab
 from server.outcome import read_tail, tail_lines
 
 LOG_TAIL_LINES = 30
+LOG_TAIL_BYTES = 1000  # a run result stays under 1.5 KB even when the tail is a long traceback
 MAX_DIFF_CHARS = 6000
 
 
@@ -58,7 +59,7 @@ class RunResult(BaseModel):
     total_seconds: float | None
     commit: str
     reason: str | None = None
-    log_tail: list[str] = Field(default_factory=list, description="end of the log, on failure only")
+    log_tail: list[str] | None = Field(default=None, description="end of the log, on failure only")
     next: str
 
 
@@ -119,9 +120,10 @@ def _cap(text: str, limit: int) -> str:
 
 def run_result(lab: Lab, run: RunRecord) -> RunResult:
     improved = run.status == "ok" and run.metric is not None and lab.config.better(run.metric, run.best_before)
-    tail: list[str] = []
+    tail = None
     if run.status != "ok":
-        tail = tail_lines(read_tail(lab.history.run_dir(run.id) / "log.txt", 16_000), LOG_TAIL_LINES)
+        lines = tail_lines(read_tail(lab.history.run_dir(run.id) / "log.txt", 16_000), LOG_TAIL_LINES)
+        tail = cap_lines(lines, LOG_TAIL_BYTES)
     return RunResult(run_id=run.id, status=run.status, metric=run.metric, best=run.best_before,
                      delta=round(run.delta, 6) if run.delta is not None else None, improved=improved,
                      memory_gb=run.memory_gb, training_seconds=run.training_seconds,
@@ -129,12 +131,20 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      log_tail=tail, next=_next_step(run, improved))  # fmt: skip
 
 
+def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
+    """The last lines that fit in max_bytes, each cut to 200 characters."""
+    kept: list[str] = []
+    for line in reversed([line[:200] for line in lines]):
+        if sum(len(x) + 1 for x in kept) + len(line) + 1 > max_bytes:
+            break
+        kept.append(line)
+    return kept[::-1]
+
+
 def _next_step(run: RunRecord, improved: bool) -> str:
     if run.status != "ok":
-        return "it can't be kept: read log_tail, fix with write_train and run again, or discard to go back"
-    if improved:
-        return "improved on the best: call keep"
-    return "not better than the best: call discard (or keep with force and a reason if the code is simpler)"
+        return "fix with write_train and run again, or discard"
+    return "keep" if improved else "discard (or keep with force and a reason if simpler)"
 
 
 def history_view(lab: Lab, limit: int, run_id: int | None) -> HistoryView:
@@ -178,10 +188,10 @@ def progress_message(active: ActiveRun, started: float) -> str:
 def decide(lab: Lab, decision: str, run_id: int | None, force: bool, reason: str | None) -> DecisionResult:
     if decision == "keep":
         run = lab.keep(run_id, force, reason)
-        hint = "kept; the run branch now points at it. Next: write_train your next idea"
+        hint = "kept; next idea"
     else:
         run = lab.discard(run_id)
-        hint = "discarded; the script is back to the last kept version. Next: try another idea"
+        hint = "train.py is back to the last kept version; next idea"
     return DecisionResult(run_id=run.id, decision="keep" if decision == "keep" else "discard", metric=run.metric,
                           best=best_of(lab), branch=lab.branch, next=hint)  # fmt: skip
 

@@ -1,0 +1,190 @@
+"""Benchmark 3, context economy: what the agent reads and writes per iteration with our tools against the
+original's shell protocol, on the same train.py and the same scripted ideas, both run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from context_shell import TOKENIZER_NAME, Ledger, ShellAgent
+from labrepo import EXPERIMENT, FAKE, BenchRepo, fake_repo, git, real_repo, tiny_dataset
+from mcp import Client
+from report import summarize
+from session import Call, call, checked, mcp_name
+
+RUN_RESULT_CAP = 1500  # bytes of one run_experiment result
+HISTORY_CAP = 8000  # bytes of get_history over 100 runs
+RECOVERY_FACTOR = 5.0
+REAL_EDITS = [  # (line pattern, new line, idea, keep): one-line edits found in the current train.py
+    (r"^MATRIX_LR = [^#\n]*", "MATRIX_LR = 0.04  ", "double the Muon learning rate", True),
+    (r"^WARMDOWN_RATIO = [^#\n]*", "WARMDOWN_RATIO = 0.3  ", "shorter warmdown (0.3 of the budget)", False),
+    (r"^HEAD_DIM = [^#\n]*", "HEAD_DIM = 24  ", "attention heads of 24 channels", False),  # width % 24 != 0
+]
+
+
+def real_ideas(train_py: Path) -> list[tuple[str, str, str, bool]]:
+    """The same three ideas, as exact old/new strings of the train.py being measured."""
+    text, ideas = train_py.read_text(), [("", "", "baseline", True)]
+    for pattern, new, idea, keep in REAL_EDITS:
+        match = re.search(pattern, text, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"{train_py} has no line matching {pattern!r}; update bench/context.py")
+        ideas.append((match.group(0), new, idea, keep))
+    return ideas
+
+
+FAKE_IDEAS = [("", "", "baseline", True), ("METRIC = 1.0", "METRIC = 0.9", "lower the metric", True),
+              ("METRIC = 0.9", "METRIC = 0.95", "raise the metric", False),
+              ('MODE = "ok"', 'MODE = "crash"', "a deliberate crash", False)]  # fmt: skip
+KINDS = ["baseline", "kept", "discarded", "crashed"]
+
+
+class OurAgent:
+    """The same loop through the MCP tools, each call counted by the same rule as the shell side."""
+
+    def __init__(self, client: Client) -> None:
+        self.client, self.ledger, self.compact = client, Ledger(), Ledger()
+        self.run_results: list[int] = []
+
+    async def tool(self, name: str, **args: Any) -> Call:
+        result = await call(self.client, name, **args)
+        self.ledger.add(mcp_name(name), args, result.text)
+        # what the same reply would cost as compact JSON (the SDK indents its text content by 2)
+        self.compact.add(mcp_name(name), args, json.dumps(result.data, ensure_ascii=False, separators=(",", ":")))
+        return result
+
+    async def iteration(self, old: str, new: str, idea: str, keep: bool) -> str:
+        if old:
+            await self.tool("write_train", edits=[{"old": old, "new": new}])
+        run = await self.tool("run_experiment", description=idea)
+        self.run_results.append(len(run.text.encode()))
+        status = str(run.data.get("status"))
+        if status == "ok" and keep:
+            forced = {} if run.data.get("improved") else {"force": True, "reason": "scripted keep (benchmark)"}
+            await self.tool("keep", **forced)
+        else:
+            await self.tool("discard")
+        return "crash" if status != "ok" else ("keep" if keep else "discard")
+
+    async def recover(self) -> None:
+        await self.tool("get_history")
+        await self.tool("read_train")
+
+
+def shell_repo(path: Path, source: Path, names: tuple[str, str]) -> Path:
+    """The original's layout: train.py and prepare.py at the root, results.tsv untracked."""
+    path.mkdir(parents=True)
+    shutil.copy(source / names[0], path / "prepare.py")
+    shutil.copy(source / names[1], path / "train.py")
+    git(path, "init", "-q", "-b", "autoresearch/bench")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    (path / "results.tsv").write_text("commit\tval_bpb\tmemory_gb\tstatus\tdescription\n")
+    return path
+
+
+def shell_env(repo: BenchRepo) -> dict[str, str]:
+    env = repo.run_env()
+    env.pop("BENCH_STAMP_FILE", None)
+    return {**env, "PATH": f"{Path(repo.argv[0]).parent}:{env.get('PATH', '')}"}
+
+
+def _phase(ledger: Ledger, start: int) -> dict[str, int]:
+    part = Ledger(ledger.calls[start:])
+    return part.totals()
+
+
+async def scripted(ours_repo: BenchRepo, shell: ShellAgent, ideas: list[tuple[str, str, str, bool]]) -> dict:
+    """Baseline, kept, discarded, crashed; then recovery after a lost context, on both sides."""
+    out: dict[str, Any] = {}
+    async with Client(ours_repo.server_params()) as client:
+        ours = OurAgent(client)
+        for kind, (old, new, idea, keep) in zip(KINDS, ideas, strict=True):
+            marks = (len(ours.ledger.calls), len(shell.ledger.calls))
+            status = (await ours.iteration(old, new, idea, keep), shell.iteration(old, new, idea, keep))
+            out[kind] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1]),
+                         "ours_compact": _phase(ours.compact, marks[0]),
+                         "status": {"ours": status[0], "shell": status[1]}}  # fmt: skip
+        marks = (len(ours.ledger.calls), len(shell.ledger.calls))
+        await ours.recover()
+        shell.recover()
+        out["recovery"] = {
+            "ours": _phase(ours.ledger, marks[0]),
+            "shell": _phase(shell.ledger, marks[1]),
+            "ours_compact": _phase(ours.compact, marks[0]),
+        }
+        out["run_result_bytes"] = summarize([float(b) for b in ours.run_results])
+        tools = await client.list_tools()
+        out["tool_definitions_bytes"] = sum(len(t.model_dump_json(by_alias=True, exclude_none=True))
+                                            for t in tools.tools)  # fmt: skip
+    return out
+
+
+def fake_ideas(n: int, seed: int = 0) -> list[tuple[str, str, str, bool]]:
+    """n ideas on the fake: metric changes, every tenth a crash; kept exactly when strictly better."""
+    rng, current, best, ideas = random.Random(seed), 1.0, 1.0, [("", "", "baseline", True)]
+    for i in range(1, n):
+        if i % 10 == 0:
+            ideas.append(('MODE = "ok"', 'MODE = "crash"', f"idea {i}: rewrite the attention block", False))
+            continue
+        value = round(best * rng.uniform(0.97, 1.02), 6)
+        keep = value < best
+        ideas.append((f"METRIC = {current}", f"METRIC = {value}", f"idea {i}: scale the LR by {value:.3f}", keep))
+        best, current = (value, value) if keep else (best, current)
+    return ideas
+
+
+async def hundred(ours_repo: BenchRepo, shell: ShellAgent, n: int) -> dict[str, Any]:
+    """n runs on the fake on both sides; the size of the history tool and of recovery at that point."""
+    ideas = fake_ideas(n)
+    async with Client(ours_repo.server_params()) as client:
+        ours = OurAgent(client)
+        for old, new, idea, keep in ideas:
+            await ours.iteration(old, new, idea, keep)
+            shell.iteration(old, new, idea, keep)
+        history = await checked(client, "get_history", limit=100)
+        marks = (len(ours.ledger.calls), len(shell.ledger.calls))
+        await ours.recover()
+        shell.recover()
+    return {"runs": n, "history_100_bytes": len(history.text.encode()),
+            "run_result_bytes": summarize([float(b) for b in ours.run_results]),
+            "recovery": {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1]),
+                         "ours_compact": _phase(ours.compact, marks[0])}}  # fmt: skip
+
+
+def verdicts(scripted_out: dict[str, Any], hist: dict[str, Any]) -> dict[str, Any]:
+    per_iteration = {k: scripted_out[k]["ours"]["bytes"] <= scripted_out[k]["shell"]["bytes"] for k in KINDS[1:]}
+    worst_run = max(scripted_out["run_result_bytes"]["max"], hist["run_result_bytes"]["max"])
+    ratios = {name: r["shell"]["bytes"] / r["ours"]["bytes"] for name, r in
+              (("scripted", scripted_out["recovery"]), (f"{hist['runs']} runs", hist["recovery"]))}  # fmt: skip
+    return {"never_more_per_iteration": all(per_iteration.values()), "per_iteration": per_iteration,
+            "max_run_result_bytes": worst_run, "run_result_bounded": worst_run < RUN_RESULT_CAP,
+            "history_bounded": hist["history_100_bytes"] < HISTORY_CAP, "recovery_ratio": ratios,
+            "recovery_5x": all(r >= RECOVERY_FACTOR for r in ratios.values())}  # fmt: skip
+
+
+def run(quick: bool) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-context-"))
+    try:
+        if quick:  # the fake experiment: seconds, not minutes
+            ours_repo = fake_repo(work / "ours", "ok", 1.0)
+            shell = ShellAgent(shell_repo(work / "shell", FAKE, ("prepare.py", "train.py")), shell_env(ours_repo))
+            script = anyio.run(scripted, ours_repo, shell, FAKE_IDEAS)
+        else:
+            ours_repo = real_repo(work / "ours", tiny_dataset(work / "data"), 1.0, tiny=True, eval_tokens=4096)
+            shell = ShellAgent(shell_repo(work / "shell", EXPERIMENT, ("prepare.py", "train.py")), shell_env(ours_repo))
+            script = anyio.run(scripted, ours_repo, shell, real_ideas(EXPERIMENT / "train.py"))
+        many_ours = fake_repo(work / "ours100", "ok", 0.1)
+        many_shell = ShellAgent(shell_repo(work / "shell100", FAKE, ("prepare.py", "train.py")), shell_env(many_ours))
+        hist = anyio.run(hundred, many_ours, many_shell, 20 if quick else 100)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"tokenizer": TOKENIZER_NAME, "train_py": "tests/fake/train.py" if quick else "experiment/train.py (tiny)",
+            "scripted": script, "hundred": hist, **verdicts(script, hist)}  # fmt: skip

@@ -1,0 +1,115 @@
+"""The benchmark suite, one command: what the loop costs and what it buys.
+
+    python bench/run.py            # full: about 15-30 minutes on 2 CPU cores
+    python bench/run.py --quick    # tiny setting, for the smoke test
+    python bench/run.py --only overhead context --out /tmp/bench
+
+Writes RESULTS.md and results.json (into bench/ unless --out says otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import context
+import overhead
+import render
+import throughput
+from labrepo import PYTHON, ROOT
+from report import machine
+
+PARTS = ["overhead", "throughput", "context", "quality", "data"]
+EXTERNAL = {"quality": ("bench_quality.py", "4. Baseline quality"), "data": ("bench_data.py", "5. Data pipeline")}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def external(part: str, quick: bool, out_dir: Path) -> dict[str, Any]:
+    """The other benchmarks are scripts with --quick and --out; their JSON is folded in as it is."""
+    script, _ = EXTERNAL[part]
+    path = Path(__file__).parent / script
+    if not path.exists():
+        return {"skipped": f"bench/{script} is not there yet."}
+    out = out_dir / "out" / f"{path.stem}{'_quick' if quick else ''}.json"
+    argv = [PYTHON, str(path), "--out", str(out), *(["--quick"] if quick else [])]
+    started = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    command = " ".join(["python", f"bench/{script}", *argv[2:]])
+    if done.returncode != 0 or not out.exists():
+        return {"skipped": f"`{command}` failed (exit {done.returncode}): {done.stderr.strip()[-800:]}"}
+    return {"command": command, "seconds": seconds, "out": str(out), "stdout": done.stdout,
+            **json.loads(out.read_text())}  # fmt: skip
+
+
+def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
+    if part == "overhead":
+        return overhead.run(args.quick)
+    if part == "throughput":
+        return throughput.run(args.quick, args.iterations, args.budget)
+    if part == "context":
+        return context.run(args.quick)
+    return external(part, args.quick, args.out)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    parts = [render.header(res)]
+    for name, draw in (("overhead", render.overhead), ("throughput", render.throughput), ("context", render.context)):
+        if name in res:
+            parts.append(f"## {name}\n\nFailed: {res[name]['error']}" if "error" in res[name] else draw(res[name]))
+    parts += [render.external(EXTERNAL[p][1], res[p]) for p in ("quality", "data") if p in res]
+    missing = [p for p in PARTS if p not in res]
+    if missing:
+        parts.append("Not run in this invocation (see `--only`): " + ", ".join(missing) + ".")
+    return "\n\n".join(parts) + "\n"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny setting: seconds, not minutes")
+    p.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="run only these parts")
+    p.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json")
+    p.add_argument("--merge", action="store_true", help="keep the parts not run from the existing results.json")
+    p.add_argument("--iterations", type=int, help="throughput iterations (default 3; quick 1)")
+    p.add_argument("--budget", type=float, help="throughput budget in seconds (default 60; quick 1)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    res: dict[str, Any] = {"command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                           "quick": args.quick, "machine": machine(ROOT)}  # fmt: skip
+    previous = args.out / "results.json"
+    if args.merge and previous.exists():  # keep the other parts' figures from the last run
+        res = {**{k: v for k, v in json.loads(previous.read_text()).items() if k in PARTS}, **res}
+    failed = False
+    for part in args.only:
+        log(f"{part} ...")
+        part_started = time.perf_counter()
+        try:
+            res[part] = run_part(part, args)
+        except Exception as exc:  # noqa: BLE001 - one broken part must not lose the others' figures
+            res[part], failed = {"error": f"{type(exc).__name__}: {exc}"}, True
+            log(f"{part} failed: {traceback.format_exc()}")
+        log(f"{part} done in {time.perf_counter() - part_started:.0f} s")
+        res.update(elapsed_s=time.perf_counter() - started, load=[load_start, os.getloadavg()[0]])
+        (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        (args.out / "RESULTS.md").write_text(markdown(res))  # after every part: a late failure keeps the rest
+    log(f"wrote {args.out / 'RESULTS.md'} and {args.out / 'results.json'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
