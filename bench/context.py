@@ -4,7 +4,6 @@ original's shell protocol, on the same train.py and the same scripted ideas, bot
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shutil
@@ -50,14 +49,12 @@ class OurAgent:
     """The same loop through the MCP tools, each call counted by the same rule as the shell side."""
 
     def __init__(self, client: Client) -> None:
-        self.client, self.ledger, self.compact = client, Ledger(), Ledger()
+        self.client, self.ledger = client, Ledger()
         self.run_results: list[int] = []
 
     async def tool(self, name: str, **args: Any) -> Call:
         result = await call(self.client, name, **args)
         self.ledger.add(mcp_name(name), args, result.text)
-        # what the same reply would cost as compact JSON (the SDK indents its text content by 2)
-        self.compact.add(mcp_name(name), args, json.dumps(result.data, ensure_ascii=False, separators=(",", ":")))
         return result
 
     async def iteration(self, old: str, new: str, idea: str, keep: bool) -> str:
@@ -74,7 +71,10 @@ class OurAgent:
         return "crash" if status != "ok" else ("keep" if keep else "discard")
 
     async def recover(self) -> None:
+        """What the search stands at: the best run, what was tried, what awaits a decision or runs now."""
         await self.tool("get_history")
+
+    async def read_script(self) -> None:
         await self.tool("read_train")
 
 
@@ -110,16 +110,15 @@ async def scripted(ours_repo: BenchRepo, shell: ShellAgent, ideas: list[tuple[st
             marks = (len(ours.ledger.calls), len(shell.ledger.calls))
             status = (await ours.iteration(old, new, idea, keep), shell.iteration(old, new, idea, keep))
             out[kind] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1]),
-                         "ours_compact": _phase(ours.compact, marks[0]),
                          "status": {"ours": status[0], "shell": status[1]}}  # fmt: skip
         marks = (len(ours.ledger.calls), len(shell.ledger.calls))
         await ours.recover()
         shell.recover()
-        out["recovery"] = {
-            "ours": _phase(ours.ledger, marks[0]),
-            "shell": _phase(shell.ledger, marks[1]),
-            "ours_compact": _phase(ours.compact, marks[0]),
-        }
+        out["recovery"] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}
+        marks = (len(ours.ledger.calls), len(shell.ledger.calls))
+        await ours.read_script()
+        shell.read_script()
+        out["script"] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}
         out["run_result_bytes"] = summarize([float(b) for b in ours.run_results])
         tools = await client.list_tools()
         out["tool_definitions_bytes"] = sum(len(t.model_dump_json(by_alias=True, exclude_none=True))
@@ -155,8 +154,7 @@ async def hundred(ours_repo: BenchRepo, shell: ShellAgent, n: int) -> dict[str, 
         shell.recover()
     return {"runs": n, "history_100_bytes": len(history.text.encode()),
             "run_result_bytes": summarize([float(b) for b in ours.run_results]),
-            "recovery": {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1]),
-                         "ours_compact": _phase(ours.compact, marks[0])}}  # fmt: skip
+            "recovery": {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}}
 
 
 def verdicts(scripted_out: dict[str, Any], hist: dict[str, Any]) -> dict[str, Any]:

@@ -114,9 +114,15 @@ class ShellAgent:
         return status
 
     def recover(self) -> None:
-        """After a lost context: the results so far, the recent commits and the script."""
+        """After a lost context, what the search stands at: the results so far, the recent commits, whether an
+        edit or a run was in flight when the context was lost."""
         self.bash("cat results.tsv")
         self.bash("git log --oneline -20")
+        self.bash("git status --short")
+        self.bash("tail -n 5 run.log")
+
+    def read_script(self) -> None:
+        """The script, needed on both sides before the next edit."""
         self.read("train.py")
 
     def metric(self) -> float | None:

@@ -85,12 +85,12 @@ def _side(s: dict[str, int]) -> str:
 def context(r: dict[str, Any]) -> str:
     sc, hd = r["scripted"], r["hundred"]
     rows = []
-    for kind in ["kept", "discarded", "crashed", "recovery"]:
-        o, s, c = sc[kind]["ours"], sc[kind]["shell"], sc[kind]["ours_compact"]
-        rows.append([kind, _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}", f"{c['bytes']} B"])
-    o, s, c = hd["recovery"]["ours"], hd["recovery"]["shell"], hd["recovery"]["ours_compact"]
-    rows.append([f"recovery after {hd['runs']} runs", _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}",
-                 f"{c['bytes']} B"])  # fmt: skip
+    for kind in ["kept", "discarded", "crashed", "recovery", "script"]:
+        o, s = sc[kind]["ours"], sc[kind]["shell"]
+        label = {"recovery": "recovery of the search state", "script": "reading train.py (both, before an edit)"}
+        rows.append([label.get(kind, kind), _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
+    o, s = hd["recovery"]["ours"], hd["recovery"]["shell"]
+    rows.append([f"recovery after {hd['runs']} runs", _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
     ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in r["recovery_ratio"].items())
     checks = [
         ["never more than the shell protocol per iteration",
@@ -107,14 +107,16 @@ def context(r: dict[str, Any]) -> str:
         f"Both sides really run, on {r['train_py']}, with the same scripted one-line ideas. Shell side: Claude "
         "Code's Edit (old_string/new_string, short result), `git commit -am`, `python train.py > run.log 2>&1`, "
         "`grep \"^val_bpb:\\|^peak_memory_mb:\" run.log`, `tail -n 50 run.log` on a crash, an `echo -e ... >> "
-        "results.tsv` row, `git reset --hard HEAD~1` unless kept; recovery is `cat results.tsv`, `git log "
-        "--oneline -20` and Read train.py (`cat -n` style). Our side: write_train (edits), run_experiment, "
-        "keep/discard; recovery is get_history + read_train. Counting rule, same for both: each call costs its "
-        "tool_use block `{type, id, name, input}` plus its tool_result block `{type, tool_use_id, content}` as "
-        "compact UTF-8 JSON (our tool names are `mcp__autoresearch__*`, our content is the SDK's text content: "
-        "JSON indented by 2). A failed Bash command's result starts with `Exit code N`; an empty output counts "
-        f"as empty. Tokens: {r['tokenizer']}. The last column is our side if the server sent compact JSON.",
-        table(["iteration", "ours", "shell", "ours / shell", "ours, compact JSON"], rows),
+        "results.tsv` row, `git reset --hard HEAD~1` unless kept; recovery of the search state after a lost "
+        "context (the best run, what was tried, whether an edit or a run was in flight) is `cat results.tsv`, "
+        "`git log --oneline -20`, `git status --short` and `tail -n 5 run.log`. Our side: write_train (edits), "
+        "run_experiment, keep/discard; recovery is get_history (default limit 30). Reading train.py before the "
+        "next edit (Read, `cat -n` style, vs read_train) is the same work on both sides and is shown apart. "
+        "Counting rule, same for both: each call costs its tool_use block `{type, id, name, input}` plus its "
+        "tool_result block `{type, tool_use_id, content}` as compact UTF-8 JSON (our tool names are "
+        "`mcp__autoresearch__*`; our content is the server's text content, compact JSON). A failed Bash "
+        f"command's result starts with `Exit code N`; an empty output counts as empty. Tokens: {r['tokenizer']}.",
+        table(["iteration", "ours", "shell", "ours / shell"], rows),
         table(["target", "measured", "verdict"], checks),
         f"One-time cost, not per iteration: our six tool definitions are {sc['tool_definitions_bytes']} B of "
         "JSON schema in the agent's context (Claude Code's Bash/Edit/Read are there on both sides).",

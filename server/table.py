@@ -54,13 +54,19 @@ def _columns(runs: list[RunRecord], metric: str) -> list[list[str]]:
     """Every column but the description, header first; `<`/`>` in front of a header sets its alignment."""
     return [
         [">id", *(str(r.id) for r in runs)],
-        ["<commit", *(r.commit[:7] for r in runs)],
         [">" + metric, *(fmt_metric(r.metric) for r in runs)],
         [">delta", *(fmt_delta(r) for r in runs)],
         [">GB", *(fmt_memory(r.memory_gb) for r in runs)],
-        ["<status", *(r.status for r in runs)],
-        ["<keep?", *(r.decision or "-" for r in runs)],
+        ["<outcome", *(_outcome_word(r) for r in runs)],
     ]
+
+
+def _outcome_word(run: RunRecord) -> str:
+    """The decision for a finished run, else its status (crash, timeout, ...): one column, not two.
+    The commit is left out: get_history(run_id) has it, and every row would pay for it."""
+    if run.status == "ok":
+        return run.decision or "pending"
+    return run.status
 
 
 def _pad(columns: list[list[str]]) -> list[str]:

@@ -67,7 +67,7 @@ async def test_whole_loop_over_stdio(repo: Path) -> None:
     assert "METRIC = 0.9\n" in (repo / "train.py").read_text()
     assert git(repo, "status", "--porcelain") == ""
     assert git(repo, "rev-parse", "refs/autoresearch/test/3^") == tip(repo)
-    assert [row.split()[-2] for row in history["rows"][1:]] == ["keep", "keep", "discard"]
+    assert [row.split()[4] for row in history["rows"][1:]] == ["keep", "keep", "discard"]
     tsv = (repo / ".autoresearch" / "test" / "results.tsv").read_text().splitlines()
     assert [line.split("\t")[3] for line in tsv[1:]] == ["keep", "keep", "discard"]
 

@@ -48,12 +48,12 @@ def test_rows_show_each_column(tmp_path: Path) -> None:
     runs = make_history(tmp_path, 8)
     rows = format_rows(runs, limit=5)
     assert len(rows) == 6 and "3 earlier runs not shown" in rows[0]
-    assert rows[0].split()[:3] == ["id", "commit", "val_bpb"]
+    assert rows[0].split()[:5] == ["id", "val_bpb", "delta", "GB", "outcome"]
     crash = next(row for row in rows if row.split()[0] == "7")
-    assert crash.split()[1:7] == ["0000007", "-", "-", "-", "crash", "discard"]
+    assert crash.split()[1:5] == ["-", "-", "-", "crash"]
     kept = next(row for row in rows if " keep " in row)
     assert "12.2" in kept or "12.3" in kept
-    assert rows[-1].split()[-3:] == ["-", "idea", "8"]  # undecided
+    assert rows[-1].split()[-3:] == ["pending", "idea", "8"]  # undecided
     assert any(f"{r.metric:.6f}" in "\n".join(rows) for r in runs if r.metric is not None)
 
 
