@@ -77,7 +77,7 @@ def markdown(runs: dict[str, dict], compressors: dict[str, float], n_bytes: int)
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--budgets", type=float, nargs="+", default=[60, 300], help="seconds")
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="bench/out/bench_quality.json")
     p.add_argument("--quick", action="store_true", help="tiny byte-level dataset, 2 s budget")
     args = p.parse_args(argv)

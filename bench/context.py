@@ -152,9 +152,12 @@ async def hundred(ours_repo: BenchRepo, shell: ShellAgent, n: int) -> dict[str, 
         marks = (len(ours.ledger.calls), len(shell.ledger.calls))
         await ours.recover()
         shell.recover()
-    return {"runs": n, "history_100_bytes": len(history.text.encode()),
-            "run_result_bytes": summarize([float(b) for b in ours.run_results]),
-            "recovery": {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}}
+    return {
+        "runs": n,
+        "history_100_bytes": len(history.text.encode()),
+        "run_result_bytes": summarize([float(b) for b in ours.run_results]),
+        "recovery": {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])},
+    }
 
 
 def verdicts(scripted_out: dict[str, Any], hist: dict[str, Any]) -> dict[str, Any]:

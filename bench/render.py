@@ -57,9 +57,14 @@ def overhead(res: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _share(part: dict[str, Any], whole: dict[str, Any]) -> str:
+    """Percent of the iteration; n/a where the phase left no stamp (train.py ends with os._exit: no atexit)."""
+    median = part.get("median")
+    return "n/a" if median is None or median != median else f"{100 * median / whole['median']:.1f}%"
+
+
 def throughput(r: dict[str, Any]) -> str:
-    rows = [[PHASE_LABELS[k], fmt(r[k]), f"{100 * r[k]['median'] / r['cycle']['median']:.1f}%"]
-            for k in PHASE_LABELS]  # fmt: skip
+    rows = [[PHASE_LABELS[k], fmt(r[k]), _share(r[k], r["cycle"])] for k in PHASE_LABELS]
     rows.append(["**whole iteration**", fmt(r["cycle"]), "100%"])
     return "\n\n".join([
         f"## 2. Loop throughput at a {r['budget_s']:g} s budget",

@@ -20,8 +20,9 @@ from pydantic import BaseModel, Field
 
 from server import views
 from server.config import load_config
+from server.edits import Edit
 from server.errors import AutoresearchError
-from server.loop import Edit, Lab
+from server.loop import Lab
 
 log = logging.getLogger("autoresearch")
 T = TypeVar("T")

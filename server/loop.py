@@ -17,6 +17,7 @@ from pathlib import Path
 
 from server import gitops, pins
 from server.config import CONFIG_NAME, Config
+from server.edits import Edit, apply_edits, validate_source
 from server.errors import BusyError, InvalidInputError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.lock import Held, RepoLock
@@ -24,14 +25,6 @@ from server.outcome import classify
 from server.runner import Execution, LocalRunner, Runner, RunSpec, kill_by_token
 
 log = logging.getLogger("autoresearch")
-
-
-@dataclass(frozen=True)
-class Edit:
-    """Replace the one exact occurrence of `old` with `new`."""
-
-    old: str
-    new: str
 
 
 @dataclass
@@ -174,7 +167,7 @@ class Lab:
             self._refuse_if_pending("write_train")
             new, data = self._new_content(content, edits)
             atomic_write(self.editable_path, data)
-        return gitops.unified_diff(self.kept_content(), new, self.config.editable, context=1)
+        return gitops.unified_diff(self.kept_content(), new, self.config.editable, context=0)
 
     def _new_content(self, content: str | None, edits: list[Edit] | None) -> tuple[str, bytes]:
         new = content if content is not None else apply_edits(self.current_content(), edits or [])
@@ -351,41 +344,3 @@ class Lab:
         """The editable file in the working tree is the run branch's only while the branch is checked out."""
         if self.repo.head.is_detached or gitops.current_branch(self.repo) != self.branch:
             raise RepoError(f"the checkout left {self.branch}; run `git switch {self.branch}` and retry.")
-
-
-def apply_edits(text: str, edits: list[Edit]) -> str:
-    """Apply search/replace edits in order; each `old` must match exactly once."""
-    for number, edit in enumerate(edits, 1):
-        if not edit.old:
-            raise InvalidInputError(f"edit {number}: `old` is empty; give the exact text to replace.")
-        count = text.count(edit.old)
-        if count != 1:
-            found = "matches nothing" if count == 0 else f"matches {count} times"
-            raise InvalidInputError(
-                f"edit {number}: `old` {found}; call read_train and copy the exact text, with enough "
-                "surrounding lines to make it unique. Nothing was written."
-            )
-        text = text.replace(edit.old, edit.new, 1)
-    return text
-
-
-def validate_source(text: str, name: str, max_bytes: int) -> bytes:
-    """The file's bytes if it is non-empty UTF-8 text under the cap that compiles (for .py files)."""
-    if not text.strip():
-        raise InvalidInputError("the new content is empty; nothing was written.")
-    if "\x00" in text:
-        raise InvalidInputError("the content holds NUL bytes (binary?); send plain text. Nothing was written.")
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(f"the content is not valid UTF-8 ({exc.reason}); nothing was written.") from exc
-    if len(data) > max_bytes:
-        raise InvalidInputError(f"the content is {len(data)} bytes, over the cap of {max_bytes}; "
-                                "make it smaller. Nothing was written.")  # fmt: skip
-    if name.endswith(".py"):
-        try:
-            compile(text, name, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            raise InvalidInputError(f"{name} would not compile: {exc.msg} at line {exc.lineno}; "
-                                    "fix it and write again. Nothing was written.") from exc  # fmt: skip
-    return data

@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 
 from server import table
 from server.config import load_config
+from server.edits import Edit
 from server.errors import InvalidInputError, StateError
 from server.history import History, RunRecord
-from server.loop import ActiveRun, Edit, Lab
+from server.loop import ActiveRun, Lab
 from server.outcome import read_tail, tail_lines
 
 LOG_TAIL_LINES = 30
@@ -84,8 +85,8 @@ class DecisionResult(BaseModel):
     run_id: int
     decision: Literal["keep", "discard"]
     metric: float | None
-    best: Best | None = Field(description="the best run after this decision")
-    branch: str
+    best: float | None = Field(description="the best metric after this decision")
+    best_run: int | None = Field(description="the run that holds it (the run branch's tip)")
     next: str
 
 
@@ -192,8 +193,10 @@ def decide(lab: Lab, decision: str, run_id: int | None, force: bool, reason: str
     else:
         run = lab.discard(run_id)
         hint = "train.py is back to the last kept version; next idea"
+    best = lab.best()
     return DecisionResult(run_id=run.id, decision="keep" if decision == "keep" else "discard", metric=run.metric,
-                          best=best_of(lab), branch=lab.branch, next=hint)  # fmt: skip
+                          best=best.metric if best else None, best_run=best.id if best else None,
+                          next=hint)  # fmt: skip
 
 
 def log_text(root: Path, run_id: str) -> str:

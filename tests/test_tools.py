@@ -62,7 +62,7 @@ async def test_full_loop_keep_then_discard(mode: str, repo: Path) -> None:
         assert start["best"] is None and "MODE" in start["content"]
         baseline = await ok(client, "run_experiment", {"description": "baseline"})
         assert baseline["status"] == "ok" and baseline["improved"] and "keep" in baseline["next"]
-        assert (await ok(client, "keep"))["best"]["run_id"] == 1
+        assert (await ok(client, "keep"))["best_run"] == 1
         wrote = await ok(client, "write_train", {"edits": [{"old": "METRIC = 1.0", "new": "METRIC = 1.5"}]})
         assert "+METRIC = 1.5" in wrote["diff"]
         worse = await ok(client, "run_experiment", {"description": "worse"})

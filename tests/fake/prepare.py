@@ -21,9 +21,7 @@ def summary(metric, training=None):
 def main(mode, metric):
     budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "1"))
     for step in range(3):
-        print(
-            f"step {step} | loss {3.0 - step:.4f} | elapsed {step * 0.01:.2f}s | remaining 0.1s", flush=True
-        )
+        print(f"step {step} | loss {3.0 - step:.4f} | elapsed {step * 0.01:.2f}s | remaining 0.1s", flush=True)
     if mode == "ok":
         summary(metric)
     elif mode == "sleep":  # sleeps through its budget, like a real run that does nothing
@@ -42,9 +40,7 @@ def main(mode, metric):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(3600)
     elif mode == "fork":  # a child that leaves the process group and outlives its parent
-        child = subprocess.Popen(
-            [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
-        )
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
         with open("child.pid", "w") as fh:
             fh.write(str(child.pid))
         print(f"child {child.pid}")
