@@ -148,7 +148,7 @@ def render_png(runs: list[RunRecord], metric: str = "val_bpb", direction: str = 
     best = running_best(runs, direction)
     ax.set_title(chart_title(runs, best[-1][1] if best else None), fontsize=11)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight")  # kept-run labels may reach past the axes
     return buffer.getvalue()
 
 

@@ -118,16 +118,16 @@ def render_table(
 ) -> Table:
     """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim."""
     table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
-    for name in ("#", "commit", metric, "delta", "mem GB"):
-        table.add_column(name, justify="left" if name == "commit" else "right")
-    for name in ("status", "decision"):
-        table.add_column(name)
-    table.add_column("description", no_wrap=True, overflow="ellipsis")  # one line per run, even when narrow
+    widths = {"#": 3, "commit": 7, metric: 8, "delta": 7, "mem GB": 6, "outcome": 9}
+    for name, width in widths.items():
+        justify = "left" if name in ("commit", "outcome") else "right"
+        table.add_column(name, justify=justify, no_wrap=True, min_width=max(width, len(name)))
+    # one line per run, even when narrow: the description gives up its width first
+    table.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1)
     for run in runs:
-        decision = (run.decision or "-") + (" (forced)" if run.forced else "")
-        cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_delta(run)]
-        cells += [fmt_memory(run.memory_gb), run.status, decision, shorten(run.description, 60)]
-        table.add_row(*cells, style=_style(run))
+        word = _outcome_word(run) + (" (forced)" if run.forced else "")
+        cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_delta(run), fmt_memory(run.memory_gb)]
+        table.add_row(*cells, word, shorten(run.description, 60), style=_style(run))
     return table
 
 
