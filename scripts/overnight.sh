@@ -18,6 +18,7 @@ if [ "${1:-}" != "--inside" ]; then
   exit 0
 fi
 export AUTORESEARCH_OVERNIGHT=1
+export CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS=0  # run_experiment blocks for the whole run, as the loop expects
 while [ ! -e .autoresearch/STOP ]; do
   claude -p "Follow program.md. Resume the loop: call get_history first, then continue. Never stop." \
     --mcp-config .mcp.json \

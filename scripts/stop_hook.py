@@ -31,8 +31,10 @@ def main() -> int:
         return 0  # sent back before and nothing was run since: let it stop; the overnight loop restarts it
     state.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"history_size": size}))
-    reason = ("Do not stop: the human is asleep and expects the loop to go on. Call get_history, pick the "
-              "next idea, and continue with write_train and run_experiment. Never stop.")
+    reason = (
+        "Do not stop: the human is asleep and expects the loop to go on. Call get_history, pick the "
+        "next idea, and continue with write_train and run_experiment. Never stop."
+    )
     print(json.dumps({"decision": "block", "reason": reason}))
     return 0
 
