@@ -120,8 +120,8 @@ def render_table(
     table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
     widths = {"#": 3, "commit": 7, metric: 8, "delta": 7, "mem GB": 6, "outcome": 9}
     for name, width in widths.items():
-        justify = "left" if name in ("commit", "outcome") else "right"
-        table.add_column(name, justify=justify, no_wrap=True, min_width=max(width, len(name)))
+        table.add_column(name, justify="left" if name in ("commit", "outcome") else "right", no_wrap=True,
+                         min_width=max(width, len(name)))  # fmt: skip
     # one line per run, even when narrow: the description gives up its width first
     table.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1)
     for run in runs:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -14,6 +16,17 @@ from server.loop import Lab
 
 FAKE = Path(__file__).parent / "fake"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = REPO_ROOT / "experiment"
+
+
+def load_prepare() -> ModuleType:
+    """A fresh import of experiment/prepare.py (not a package: it is copied into run snapshots as it is)."""
+    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 FAKE_CONFIG = """\
 [autoresearch]

@@ -1,21 +1,11 @@
 """Tests of prepare.make_dataloader on a real prepared (byte-level) dataset."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import load_prepare
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. " * 30
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -1,23 +1,14 @@
 """Tests of prepare.evaluate_bpb against models whose answer is known in closed form."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_prepare
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
 TEXTS = ["Héllo wörld, 日本語 and 🙂 emoji. " * 60, "Plain English prose for a second document. " * 80]
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class UniformModel(torch.nn.Module):

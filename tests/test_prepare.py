@@ -1,30 +1,21 @@
 """Tests of experiment/prepare.py's one-time preparation: real corpora, real tokenizers, real downloads."""
 
 import http.server
-import importlib.util
 import json
 import threading
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import load_prepare
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
 OUTPUTS = ("train.bin", "val.bin", "tokenizer.json", "token_bytes.npy", "meta.json")
 DOCS = {
     "a.txt": "To be, or not to be, that is the question. " * 40 + "Café au lait, s'il vous plaît. " * 10,
     "b.md": "# Title\n\n日本語のテキストです。" * 30 + "Emoji 🙂🎭 and more. " * 20,
     "sub/c.txt": "Plain ASCII words repeat here; plain words, plain words. " * 50,
 }
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -1,26 +1,17 @@
 """Real runs of experiment/train.py as a subprocess, on a tiny byte-level dataset."""
 
-import importlib.util
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import EXPERIMENT, load_prepare
 
-EXPERIMENT = Path(__file__).resolve().parents[1] / "experiment"
 TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 60
 PROGRESS = re.compile(r"^step (\d+) \| loss ([0-9.]+) \|.* \| elapsed ([0-9.]+)s \| remaining ([0-9.]+)s$", re.M)
-
-
-def load_prepare():
-    spec = importlib.util.spec_from_file_location("prepare_under_test", EXPERIMENT / "prepare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
