@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -23,6 +24,7 @@ from server.config import load_config
 from server.edits import Edit
 from server.errors import AutoresearchError
 from server.loop import Lab
+from server.runner import kill_all_now
 
 log = logging.getLogger("autoresearch")
 T = TypeVar("T")
@@ -35,7 +37,6 @@ class AppState:
 
     root: Path
     lab: Lab | None = None
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     def get(self) -> Lab:
         if self.lab is None:
@@ -132,7 +133,7 @@ async def run_experiment(
             if outcome is None:
                 await ctx.report_progress(time.monotonic() - started, lab.config.hard_timeout,
                                           views.progress_message(active, started))  # fmt: skip
-    except anyio.get_cancelled_exc_class():
+    except BaseException:  # cancelled, or the client went away mid-run: never leave the run or the lock behind
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
         raise
@@ -201,7 +202,15 @@ def loop_prompt() -> str:
     return views.loop_prompt(project_root())
 
 
+def _on_sigterm(signum: int, _frame: object) -> None:
+    """Clients stop a server with SIGTERM (the SDK's after 2 s, Claude Code's on exit): no run may outlive it.
+    The run stays `running` in the history; the next start records it as interrupted."""
+    kill_all_now()
+    os._exit(128 + signum)
+
+
 def serve() -> None:
     """Serve over stdio; logs go to stderr, never stdout (the MCP wire)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     mcp.run("stdio")

@@ -22,6 +22,7 @@ import psutil
 from server.summary import Progress, parse_progress
 
 RUN_TOKEN_VAR = "AUTORESEARCH_RUN_ID"
+_ACTIVE: dict[int, LocalExecution] = {}  # runs of this process not yet collected, for kill_all_now
 StopReason = Literal["exited", "timeout", "cancelled"]
 
 
@@ -148,6 +149,7 @@ class LocalExecution:
         # A blocking waitpid in a thread wakes us the moment the run exits; Popen.wait(timeout) polls
         # with sleeps of up to 50 ms, added to every experiment.
         self._exited = threading.Event()
+        _ACTIVE[self.pid] = self
         threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
 
     def _reap(self) -> None:
@@ -198,6 +200,7 @@ class LocalExecution:
     def _finish(self) -> Outcome:
         if self._outcome is not None:
             return self._outcome
+        _ACTIVE.pop(self.pid, None)
         _signal_group(self.pid, signal.SIGKILL)  # children left in the group after the leader exited
         kill_by_token(self.spec.token, since=self.wall_started)
         self._reader.join(timeout=10)
@@ -207,6 +210,13 @@ class LocalExecution:
         self._outcome = Outcome(self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped,
                                 self._log.error)  # fmt: skip
         return self._outcome
+
+
+def kill_all_now() -> None:
+    """SIGKILL every run this process started and has not collected: the server itself is being stopped."""
+    for execution in list(_ACTIVE.values()):
+        _signal_group(execution.pid, signal.SIGKILL)
+        kill_by_token(execution.spec.token)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

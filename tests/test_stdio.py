@@ -12,6 +12,9 @@ import pytest
 from conftest import REPO_ROOT, git
 from mcp import Client, StdioServerParameters
 
+from server.config import load_config
+from server.loop import Lab
+
 pytestmark = pytest.mark.anyio
 
 
@@ -82,3 +85,24 @@ async def test_nothing_but_protocol_reaches_stdout(repo: Path) -> None:
         result = await call(client, "run_experiment", description="flood")
         assert result["status"] == "ok"
         assert (await call(client, "read_train"))["awaiting_decision"] == 1
+
+
+async def test_client_that_goes_away_mid_run_leaves_no_experiment_behind(repo: Path) -> None:
+    """Scenario: Crash recovery / the client (Claude Code) quits during a run and stops the server: the run is
+    killed with it, so nothing keeps running on the GPU, and it is recorded as cancelled or interrupted."""
+    import anyio
+    import psutil
+
+    (repo / "train.py").write_text((repo / "train.py").read_text().replace('MODE = "ok"', 'MODE = "hang"'))
+    async with Client(server_params(repo)) as client:
+        with anyio.move_on_after(2):
+            await client.call_tool("run_experiment", {"description": "left behind"})
+    for _ in range(100):  # the server notices the closed pipe, kills the run, records it and exits
+        alive = [p for p in psutil.process_iter(["cmdline", "cwd"]) if "train.py" in " ".join(p.info["cmdline"] or [])
+                 and str(repo) in (p.info["cwd"] or "")]  # fmt: skip
+        if not alive:
+            break
+        await anyio.sleep(0.1)
+    assert not alive
+    run = Lab(repo, load_config(repo)).history.runs()[-1]  # a restart records what the stop left open
+    assert run.status in ("cancelled", "interrupted")
