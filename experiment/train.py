@@ -22,6 +22,14 @@ from prepare import MAX_SEQ_LEN, TIME_BUDGET, evaluate_bpb, get_device, load_tok
 
 DEVICE = get_device()
 ON_GPU = DEVICE.type == "cuda"
+
+
+def cpu_has_bf16():
+    """Whether this is a CPU with bfloat16 matrix instructions (AVX512-BF16 or AMX); others emulate it slowly."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return DEVICE.type == "cpu" and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 TINY = os.environ.get("AUTORESEARCH_MODEL_SIZE", "") == "tiny"  # smallest model, for smoke tests
 
 # ---------------------------------------------------------------------------------------------------------
@@ -47,10 +55,12 @@ WARMUP_RATIO = 0.02  # fraction of the time budget spent ramping the LR up
 WARMDOWN_RATIO = 0.5  # fraction of the time budget spent decaying the LR to FINAL_LR_FRAC
 FINAL_LR_FRAC = 0.0  # LR multiplier at the end of the budget
 LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): keeps early training stable
+LOSS_CHUNK = 8192 if ON_GPU else 256  # tokens per slice of head + loss; 256 x 8192 logits fit a CPU's cache
 ROPE_BASE = 10000.0  # rotary embedding base frequency
 SEED = 42  # torch seed for initialisation
 COMPILE = ON_GPU  # torch.compile: pays off on CUDA; on the 2-core CPU the first step took 38 s to compile and
 # later steps were no faster than eager (measured with a 20 s budget), so it is off off-GPU.
+BF16 = ON_GPU or cpu_has_bf16()  # matmuls in bfloat16 under autocast; on this 2-core CPU (AMX) steps took 0.77x
 SKIP_STEPS = 10 if COMPILE else 0  # first steps not counted in the budget: only compilation needs excusing
 
 
@@ -120,16 +130,24 @@ class GPT(nn.Module):
             nn.init.zeros_(block.attn.proj.weight)  # residual branches start as identity
             nn.init.zeros_(block.fc_proj.weight)
 
+    def head(self, x):
+        """Logits softcapped to (-cap, cap): cap * tanh(lm_head(x) / cap), the division done on the narrow side."""
+        return LOGIT_SOFTCAP * self.lm_head(x / LOGIT_SOFTCAP).float().tanh_()
+
     def forward(self, idx, targets=None, reduction="mean"):
         cos, sin = rotary_tables(idx.size(1), self.head_dim, idx.device)
         x = norm(self.wte(idx))
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(norm(x)).float()
-        logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+        x = norm(x)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+            return self.head(x)
+        # The head, softcap and loss LOSS_CHUNK tokens at a time: the same sums, in cache-sized slices.
+        rows, targets = x.flatten(0, 1).split(LOSS_CHUNK), targets.reshape(-1).split(LOSS_CHUNK)
+        losses = torch.cat(
+            [F.cross_entropy(self.head(r), t, reduction="none") for r, t in zip(rows, targets, strict=True)]
+        )
+        return losses if reduction == "none" else losses.mean()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,18 +168,40 @@ def orthogonalize(g, steps=5):
     return (x.T if tall else x).to(g.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Muon:
     def __init__(self, params, lr, momentum):
-        super().__init__(params, dict(lr=lr, momentum=momentum))
+        self.param_groups, self.state = [dict(params=list(params), lr=lr, momentum=momentum)], {}
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
             for p in group["params"]:
-                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf = self.state.setdefault(p, torch.zeros_like(p))
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = orthogonalize(p.grad.lerp(buf, group["momentum"]))
                 p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+
+
+class AdamW:
+    """Adam with decoupled weight decay, written out: the first torch.optim optimizer of a process imports
+    torch._dynamo, which costs every CPU experiment about a second."""
+
+    def __init__(self, param_groups, betas, eps, weight_decay):
+        self.param_groups = [dict(group, betas=betas, eps=eps, weight_decay=weight_decay) for group in param_groups]
+        self.state, self.steps = {}, 0
+
+    @torch.no_grad()
+    def step(self):
+        self.steps += 1
+        for group in self.param_groups:
+            (beta1, beta2), lr = group["betas"], group["lr"]
+            for p in group["params"]:
+                m, v = self.state.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                m.lerp_(p.grad, 1 - beta1)
+                v.lerp_(p.grad.square(), 1 - beta2)
+                denom = (v / (1 - beta2**self.steps)).sqrt_().add_(group["eps"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**self.steps))
 
 
 def make_optimizers(model):
@@ -170,10 +210,7 @@ def make_optimizers(model):
         dict(params=[model.wte.weight], lr=EMBEDDING_LR),
         dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR),
     ]
-    fused = ON_GPU or DEVICE.type == "cpu"
-    adam = torch.optim.AdamW(
-        adam_groups, betas=(ADAM_BETA_ONE, ADAM_BETA_TWO), eps=1e-10, weight_decay=WEIGHT_DECAY, fused=fused
-    )
+    adam = AdamW(adam_groups, betas=(ADAM_BETA_ONE, ADAM_BETA_TWO), eps=1e-10, weight_decay=WEIGHT_DECAY)
     optimizers = [adam, Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM)]
     for opt in optimizers:
         for group in opt.param_groups:
@@ -270,10 +307,10 @@ def main():
     model = GPT(tokenizer.vocab_size, DEPTH, WIDTH, HEAD_DIM).to(DEVICE)
     optimizers = make_optimizers(model)
     compiled = torch.compile(model) if COMPILE else model
-    if ON_GPU:
+    if BF16:
 
         def autocast():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(DEVICE.type, dtype=torch.bfloat16)
     else:
         from contextlib import nullcontext as autocast
     loader = make_dataloader(tokenizer, BATCH_SIZE, SEQ_LEN, "train", DEVICE, seed=SEED)
