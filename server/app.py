@@ -144,12 +144,15 @@ async def run_experiment(
 @mcp.tool(annotations=READ_ONLY)
 async def get_history(
     ctx: Context[AppState],
-    limit: Annotated[int, Field(ge=1, le=500, description="how many recent runs to list")] = 30,
+    limit: Annotated[int, Field(ge=1, le=500, description="how many recent runs to list")] = 15,
     run_id: Annotated[int | None, Field(ge=1, description="show this run's detail: diff, log tail, summary")] = None,
+    match: Annotated[
+        str | None, Field(min_length=1, max_length=100, description="only runs whose description contains this")
+    ] = None,
 ) -> Annotated[CallToolResult, views.HistoryView]:
-    """What has been tried: recent runs as compact rows, the best run, counts, the run awaiting a decision;
-    with run_id, that run's full detail."""
-    return compact(await call(ctx, views.history_view, limit, run_id))
+    """What has been tried: the latest runs as compact rows, the best run, counts, the run awaiting a
+    decision; match finds earlier runs of an idea (case-insensitive); run_id shows that run's full detail."""
+    return compact(await call(ctx, views.history_view, limit, run_id, match))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))

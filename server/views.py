@@ -148,19 +148,20 @@ def _next_step(run: RunRecord, improved: bool) -> str:
     return "keep" if improved else "discard (or keep with force and a reason if simpler)"
 
 
-def history_view(lab: Lab, limit: int, run_id: int | None) -> HistoryView:
+def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = None) -> HistoryView:
     runs = lab.history.runs()
+    shown = runs if match is None else [r for r in runs if match.casefold() in r.description.casefold()]
     detail = None
     if run_id is not None:
-        match = [r for r in runs if r.id == run_id]
-        if not match:
+        found = [r for r in runs if r.id == run_id]
+        if not found:
             raise InvalidInputError(f"there is no run {run_id}; runs go from 1 to {len(runs)}.")
-        detail = run_detail(lab, match[0])
+        detail = run_detail(lab, found[0])
     pending = lab.pending()
     return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
-                       rows=table.format_rows(runs, limit), best=best_of(lab), counts=table.counts(runs),
-                       awaiting_decision=pending.id if pending else None, running=running_now(lab),
-                       detail=detail)  # fmt: skip
+                       rows=table.format_rows(shown, limit, matching=match), best=best_of(lab),
+                       counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
+                       running=running_now(lab), detail=detail)  # fmt: skip
 
 
 def run_detail(lab: Lab, run: RunRecord) -> RunDetail:

@@ -50,6 +50,8 @@ BEFORE_ANY_RUN = [
     ("get_history", {"limit": 501}, "less than or equal to 500"),
     ("get_history", {"limit": "many"}, "valid integer"),
     ("get_history", {"run_id": 7}, "no run 7"),
+    ("get_history", {"match": ""}, "at least 1"),
+    ("get_history", {"match": "m" * 101}, "at most 100"),
     ("keep", {}, "no runs yet"),
     ("discard", {}, "no runs yet"),
     ("keep", {"run_id": 0}, "greater than or equal to 1"),

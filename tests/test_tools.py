@@ -121,6 +121,25 @@ async def test_history_lists_runs_and_details_one(mode: str) -> None:
     assert any("val_bpb" in line for line in detail["detail"]["log_tail"])
 
 
+async def test_history_shows_the_latest_runs_and_finds_earlier_ones_by_match(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+        for idea in ("raise the LR", "deeper model", "lower the lr"):
+            await ok(client, "run_experiment", {"description": idea})
+            await ok(client, "discard")
+        latest = await ok(client, "get_history", {"limit": 1})
+        found = await ok(client, "get_history", {"match": "LR"})
+        narrowed = await ok(client, "get_history", {"match": "lr", "limit": 1})
+        none = await ok(client, "get_history", {"match": "attention"})
+    assert latest["rows"][0].endswith("(2 earlier runs not shown)") and "lower the lr" in latest["rows"][1]
+    assert len(latest["rows"]) == 2 and latest["counts"]["runs"] == 3
+    assert found["rows"][0].endswith("(2 matching 'LR')")
+    assert [r.split()[0] for r in found["rows"][1:]] == ["1", "3"]
+    assert narrowed["rows"][0].endswith("(2 matching 'lr', 1 earlier of them not shown)")
+    assert len(narrowed["rows"]) == 2 and "lower the lr" in narrowed["rows"][1]
+    assert none["rows"][0].endswith("(0 matching 'attention')") and len(none["rows"]) == 1
+    assert none["counts"]["runs"] == 3  # counts and best cover every run, whatever the filter
+
+
 async def test_progress_notifications_arrive_during_a_run(
     mode: str, repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
