@@ -13,6 +13,7 @@ from server.config import load_config
 from server.edits import Edit
 from server.errors import InvalidInputError, StateError
 from server.history import History, RunRecord
+from server.lock import run_in_flight
 from server.loop import ActiveRun, Lab
 from server.outcome import read_tail, tail_lines
 
@@ -173,11 +174,7 @@ def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
 
 
 def running_now(lab: Lab) -> str | None:
-    info = lab.lock.read()
-    if info.get("op") != "run":
-        return None
-    left = max(0, int(float(info.get("deadline", 0)) - time.time()))
-    return f"run {info.get('run_id')} ({info.get('description')!r}), at most {left}s left"
+    return run_in_flight(lab.lock.read())
 
 
 def progress_message(active: ActiveRun, started: float) -> str:

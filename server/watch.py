@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -18,6 +17,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from server.history import History, RunRecord, best_run
+from server.lock import RepoLock
 from server.summary import last_progress
 from server.table import render_table, shorten, title
 
@@ -44,10 +44,9 @@ class LockInfo(BaseModel):
 def read_lock(state_dir: Path) -> LockInfo | None:
     """The run in flight as the lock file describes it, or None (no lock, empty, unreadable, another op)."""
     try:
-        data = json.loads((state_dir / "lock").read_text())
-        info = LockInfo.model_validate(data)
-    except (OSError, ValueError, ValidationError):
-        return None  # absent, empty, or caught mid-write: the next redraw sees the settled file
+        info = LockInfo.model_validate(RepoLock(state_dir / "lock").read())
+    except ValidationError:
+        return None  # caught mid-write: the next redraw sees the settled file
     return info if info.op == "run" else None
 
 

@@ -285,6 +285,8 @@ def test_two_server_processes_never_run_two_experiments(repo: Path, tmp_path: Pa
         is_error, message = second.tool("run_experiment", description="second")
         assert is_error and f"run 1 ('first') is running in process {holder['pid']}" in message
         assert holder["pid"] == first.proc.pid
+        watching = second.tool("get_history")[1]  # reading is never refused: it says what runs
+        assert watching["running"].startswith(f"run 1 ('first') is running in process {holder['pid']}, at most")
         assert second.tool("write_train", content=set_mode("ok", 0.5))[0]
         assert first.reply(request)["structuredContent"]["status"] == "ok"
     events = read_events(repo / STATE / "runs.jsonl")
