@@ -176,7 +176,9 @@ class Muon:
     def step(self):
         for group in self.param_groups:
             for p in group["params"]:
-                buf = self.state.setdefault(p, torch.zeros_like(p))
+                if p not in self.state:
+                    self.state[p] = torch.zeros_like(p)
+                buf = self.state[p]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 update = orthogonalize(p.grad.lerp(buf, group["momentum"]))
                 p.add_(update, alpha=-group["lr"] * max(1.0, p.size(0) / p.size(1)) ** 0.5)
@@ -196,7 +198,9 @@ class AdamW:
         for group in self.param_groups:
             (beta1, beta2), lr = group["betas"], group["lr"]
             for p in group["params"]:
-                m, v = self.state.setdefault(p, (torch.zeros_like(p), torch.zeros_like(p)))
+                if p not in self.state:
+                    self.state[p] = (torch.zeros_like(p), torch.zeros_like(p))
+                m, v = self.state[p]
                 m.lerp_(p.grad, 1 - beta1)
                 v.lerp_(p.grad.square(), 1 - beta2)
                 denom = (v / (1 - beta2**self.steps)).sqrt_().add_(group["eps"])
