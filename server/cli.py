@@ -83,7 +83,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from server import table
 
     config, history = history_of(args)
-    runs = history.runs()
+    runs = table.matching(history.runs(), args.match)
     if args.json:
         print(table.to_json(runs))
     elif args.tsv:
@@ -140,6 +140,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         group.add_argument("--json", action="store_true", help="every record as JSON")
         group.add_argument("--tsv", action="store_true", help="the original's results.tsv")
         parser.add_argument("--limit", type=int, default=50, help="rows to show")
+        parser.add_argument("--match", help="only runs whose description contains this (case-insensitive)")
     elif name == "plot":
         parser.add_argument("--out", default="progress.png", help="the PNG to write")
     elif name == "watch":

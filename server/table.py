@@ -31,6 +31,11 @@ def counts(runs: list[RunRecord]) -> dict[str, int]:
     return result
 
 
+def matching(runs: list[RunRecord], text: str | None) -> list[RunRecord]:
+    """The runs whose description contains `text` (case-insensitive); all of them when it is None."""
+    return runs if text is None else [r for r in runs if text.casefold() in r.description.casefold()]
+
+
 def shorten(text: str, width: int) -> str:
     """The text on one line, cut to `width` characters with an ellipsis."""
     flat = " ".join(text.split())

@@ -151,7 +151,7 @@ def _next_step(run: RunRecord, improved: bool) -> str:
 
 def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = None) -> HistoryView:
     runs = lab.history.runs()
-    shown = runs if match is None else [r for r in runs if match.casefold() in r.description.casefold()]
+    shown = table.matching(runs, match)
     detail = None
     if run_id is not None:
         found = [r for r in runs if r.id == run_id]

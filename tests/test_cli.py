@@ -58,6 +58,13 @@ def test_history_table_shows_every_run(decided: Lab, repo: Path) -> None:
     assert all(word in out.stdout for word in ("baseline", "worse", "broken", "3 runs"))
 
 
+def test_history_match_filters_every_format(decided: Lab, repo: Path) -> None:
+    found = json.loads(cli(repo, "history", "--match", "WORSE", "--json").stdout)
+    assert [r["description"] for r in found] == ["worse"]
+    table = cli(repo, "history", "--match", "b").stdout
+    assert "baseline" in table and "broken" in table and "worse" not in table
+
+
 def test_plot_writes_a_png(decided: Lab, repo: Path, tmp_path: Path) -> None:
     out = cli(repo, "plot", "--out", str(tmp_path / "p.png"))
     assert out.returncode == 0, out.stderr
