@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -110,62 +111,51 @@ def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
     assert tail_text(tmp_path / "absent.txt") == ""
 
 
-def run_watch(
-    state_dir: Path, console: Console, stop: threading.Event, max_frames: int | None = None
-) -> tuple[threading.Thread, list[int]]:
-    """watch() in a background thread; its return value lands in the list."""
-    result: list[int] = []
+@contextmanager
+def watching(
+    state_dir: Path, terminal: bool = False, max_frames: int | None = None
+) -> Iterator[tuple[io.StringIO, list[int], threading.Thread]]:
+    """watch() in a background thread, drawing into a string; its return value lands in the list. Leaving
+    the block stops it."""
+    out, stop, result = io.StringIO(), threading.Event(), list[int]()
+    console = Console(file=out, width=120, force_terminal=terminal)
 
     def target() -> None:
         result.append(watch(state_dir, TAG, console, max_frames=max_frames, stop_event=stop))
 
     thread = threading.Thread(target=target)
     thread.start()
-    return thread, result
+    try:
+        yield out, result, thread
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def test_watch_redraws_when_a_run_is_added(tmp_path: Path) -> None:
     add_run(tmp_path, 1, 2.6, "keep", "the baseline run")
-    out = io.StringIO()
-    stop = threading.Event()
-    thread, result = run_watch(tmp_path, Console(file=out, width=120, force_terminal=False), stop)
-    try:
+    with watching(tmp_path) as (out, result, thread):
         assert wait_for(lambda: "the baseline run" in out.getvalue())
         time.sleep(0.3)
         add_run(tmp_path, 2, 2.5, "keep", "a fresh improvement")
         assert wait_for(lambda: "a fresh improvement" in out.getvalue())
-    finally:
-        stop.set()
-        thread.join(timeout=5)
     assert not thread.is_alive() and result[0] >= 2
 
 
 def test_watch_waits_for_the_state_folder(tmp_path: Path) -> None:
     state_dir = tmp_path / ".autoresearch"
-    out = io.StringIO()
-    stop = threading.Event()
-    thread, result = run_watch(state_dir, Console(file=out, width=120, force_terminal=False), stop, max_frames=2)
-    try:
+    with watching(state_dir, max_frames=2) as (out, result, thread):
         assert wait_for(lambda: "no runs yet" in out.getvalue())
         add_run(tmp_path / "staging", 1, 2.6, "keep", "first of all")
         (tmp_path / "staging").rename(state_dir)  # appears whole, so the second frame must show the run
         thread.join(timeout=8)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
     assert result == [2] and "first of all" in out.getvalue()
 
 
 def test_watch_live_and_once(tmp_path: Path) -> None:
     add_run(tmp_path, 1, 2.6, "keep", "live baseline")
-    out = io.StringIO()
-    stop = threading.Event()
-    thread, result = run_watch(tmp_path, Console(file=out, width=120, force_terminal=True), stop)
-    try:
+    with watching(tmp_path, terminal=True) as (out, result, thread):
         assert wait_for(lambda: "live baseline" in out.getvalue())
-    finally:
-        stop.set()
-        thread.join(timeout=5)
     assert not thread.is_alive() and result == [1]
     once = io.StringIO()
     assert watch(tmp_path, TAG, Console(file=once, width=120), once=True) == 1
