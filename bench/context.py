@@ -161,7 +161,6 @@ async def long_history(ours_repo: BenchRepo, shell: ShellAgent, checkpoints: lis
                 "ours": _phase(ours.ledger, marks[0]),
                 "shell": _phase(shell.ledger, marks[1]),
             }
-    out["recovery"] = out["recovery_at"][str(checkpoints[0])]
     out["run_result_bytes"] = summarize([float(b) for b in ours.run_results])
     return out
 

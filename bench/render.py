@@ -105,7 +105,7 @@ def context(r: dict[str, Any]) -> str:
         o, s = sc[kind]["ours"], sc[kind]["shell"]
         label = {"recovery": "recovery of the search state", "script": "reading train.py (both, before an edit)"}
         rows.append([label.get(kind, kind), _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
-    for runs, point in hd.get("recovery_at", {str(hd["runs"]): hd["recovery"]}).items():
+    for runs, point in hd["recovery_at"].items():
         o, s = point["ours"], point["shell"]
         rows.append([f"recovery after {runs} runs", _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
     ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in r["recovery_ratio"].items())

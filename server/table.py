@@ -93,18 +93,16 @@ def _desc_width(fixed: int, rows: int) -> int:
     return max(MIN_DESC_WIDTH, min(DESC_WIDTH, fits))
 
 
-def format_rows(
-    runs: list[RunRecord], limit: int = 20, metric: str = "val_bpb", matching: str | None = None
-) -> list[str]:
-    """A header and one fixed-width line per run: the latest `limit` runs, oldest first. `matching` names the
+def format_rows(runs: list[RunRecord], limit: int = 20, metric: str = "val_bpb", match: str | None = None) -> list[str]:
+    """A header and one fixed-width line per run: the latest `limit` runs, oldest first. `match` names the
     filter that chose `runs`, for the header."""
     shown = runs[-limit:] if limit > 0 else []
     lines = _pad(_columns(shown, metric))
     width = _desc_width(len(lines[0].encode()), len(shown))
     header = lines[0] + "description"
-    notes = [] if matching is None else [f"{len(runs)} matching {matching!r}"]
+    notes = [] if match is None else [f"{len(runs)} matching {match!r}"]
     if len(shown) < len(runs):
-        notes.append(f"{len(runs) - len(shown)} earlier {'of them ' if matching else 'runs '}not shown")
+        notes.append(f"{len(runs) - len(shown)} earlier {'of them ' if match else 'runs '}not shown")
     if notes:
         header += f" ({', '.join(notes)})"
     rows = zip(lines[1:], shown, strict=True)

@@ -46,7 +46,7 @@ def read_lock(state_dir: Path) -> LockInfo | None:
     try:
         info = LockInfo.model_validate(RepoLock(state_dir / "lock").read())
     except ValidationError:
-        return None  # caught mid-write: the next redraw sees the settled file
+        return None  # a field of the wrong type: not a lock this version wrote
     return info if info.op == "run" else None
 
 
