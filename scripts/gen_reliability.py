@@ -25,6 +25,8 @@ AREAS = [  # the issue's order; a scenario in another area is an error, so typos
     "Concurrency",
     "Git edge cases",
     "Storage faults",
+    "Sandbox",
+    "Measurement",
 ]
 SCENARIO = re.compile(r"^Scenario:\s*(?P<area>[^/]+?)\s*/\s*(?P<text>.+)$", re.S)
 

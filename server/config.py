@@ -9,12 +9,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.errors import ConfigError
 
 CONFIG_NAME = "autoresearch.toml"
-# Environment overrides, for the launcher (.mcp.json, the demo, tests); the agent cannot set them.
+STEERING_FILES = ("program.md", "CLAUDE.md", ".mcp.json", ".claude/settings.json")
+# Environment overrides, for the launcher (the demo, tests, a night's script); every run records the ones in
+# effect. .mcp.json could set them too, which is why it is pinned with the steering files.
 ENV_OVERRIDES = {
     "AUTORESEARCH_TAG": "tag",
     "AUTORESEARCH_TIME_BUDGET": "time_budget",
@@ -32,24 +35,49 @@ class Config(BaseModel):
     tag: str = Field("default", description="run tag; the run branch is autoresearch/<tag>")
     editable: str = Field("experiment/train.py", description="the one file the agent may change")
     locked: list[str] = Field(default_factory=lambda: ["experiment/prepare.py"])
+    steering: list[str] = Field(
+        default_factory=lambda: list(STEERING_FILES), description="files that steer the agent, pinned too"
+    )
     command: list[str] = Field(
         default_factory=lambda: ["{python}", "experiment/train.py"],
         description="argv run in the snapshot; {python} is the server's interpreter",
     )
+    contract: Literal["evaluated", "self-reported"] = Field(
+        "evaluated", description="evaluated: the server's evaluator scores the handed-over model"
+    )
+    evaluator: list[str] = Field(
+        default_factory=lambda: ["{python}", "experiment/prepare.py", "--evaluate", "{model}", "--result", "{result}"],
+        description="argv run in a folder holding only the locked files; {model} and {result} are paths",
+    )
+    data_dir: str = Field("", description="the prepared dataset; empty: AUTORESEARCH_CACHE/AUTORESEARCH_DATASET")
+    train_files: list[str] = Field(
+        default_factory=lambda: ["train.bin", "tokenizer.json", "token_bytes.npy", "meta.json"],
+        description="the files of the dataset a training run may read; the rest only the evaluator sees",
+    )
     metric: str = "val_bpb"
     direction: Literal["minimize", "maximize"] = "minimize"
     time_budget: float = Field(300.0, gt=0, description="seconds of training per experiment")
-    timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = 2 x budget + 60")
+    timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = computed")
     budget_tolerance: float = Field(0.05, ge=0, description="fraction over budget still accepted")
+    startup_allowance: float = Field(60.0, gt=0, description="seconds from start to timed training")
+    handover_allowance: float = Field(60.0, gt=0, description="seconds from the end of training to exit")
     min_improvement: float = Field(
         0.0, ge=0, description="noise floor: a run must beat the best by more than this to be kept"
     )
     eval_tokens: int = Field(40 * 524288, gt=0)
+    eval_batch_size: int = Field(8, gt=0, description="rows per evaluation batch")
+    seed: int = Field(42, description="the seed every run gets (AUTORESEARCH_SEED)")
+    sandbox: Literal["bwrap", "off"] = Field("bwrap", description="off: runs see the whole machine")
+    network: bool = Field(False, description="let runs reach the network")
+    memory_limit_gb: float = Field(0.0, ge=0, description="0 = 90% of this machine's memory")
+    max_processes: int = Field(512, ge=8, description="processes a run may have at once")
+    env_allow: list[str] = Field(default_factory=list, description="server variables passed to runs")
     kill_grace: float = Field(5.0, ge=0, description="seconds between SIGTERM and SIGKILL")
     max_log_bytes: int = Field(5_000_000, ge=10_000)
     max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
     state_dir: str = ".autoresearch"
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for each run")
+    overrides: dict[str, str] = Field(default_factory=dict, description="(set by the server) launcher overrides")
 
     @field_validator("tag")
     @classmethod
@@ -60,10 +88,29 @@ class Config(BaseModel):
 
     @property
     def hard_timeout(self) -> float:
-        return self.timeout or 2 * self.time_budget + 60
+        """The wall-clock limit: what the allowances add up to, with a margin for the slowest step."""
+        allowed = self.startup_allowance + self.time_budget * (1 + self.budget_tolerance) + self.handover_allowance
+        return self.timeout or max(2 * self.time_budget + 60, allowed + 60)
+
+    @property
+    def evaluated(self) -> bool:
+        return self.contract == "evaluated"
+
+    @property
+    def memory_limit_mb(self) -> float:
+        total = psutil.virtual_memory().total / 2**20
+        return self.memory_limit_gb * 1024 if self.memory_limit_gb else 0.9 * total
 
     def argv(self) -> list[str]:
         return [sys.executable if part == "{python}" else part for part in self.command]
+
+    def evaluator_argv(self, model: Path, result: Path) -> list[str]:
+        names = {"{python}": sys.executable, "{model}": str(model), "{result}": str(result)}
+        return [names.get(part, part) for part in self.evaluator]
+
+    def pinned_files(self) -> list[str]:
+        """Everything pinned when a tag starts: the locked files, the steering files, this configuration."""
+        return list(dict.fromkeys([*self.locked, *self.steering, CONFIG_NAME]))
 
     def better(self, metric: float, best: float | None) -> bool:
         """Strictly better in the metric's direction, by more than the noise floor min_improvement."""
@@ -83,9 +130,9 @@ def load_config(root: Path) -> Config:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{CONFIG_NAME} is not valid TOML ({exc}); fix it and restart.") from exc
         data = dict(raw.get("autoresearch", raw))
-    for var, key in ENV_OVERRIDES.items():
-        if os.environ.get(var):
-            data[key] = os.environ[var]
+    overrides = {key: os.environ[var] for var, key in ENV_OVERRIDES.items() if os.environ.get(var)}
+    data.update(overrides)
+    data["overrides"] = overrides
     try:
         return Config.model_validate(data)
     except ValidationError as exc:

@@ -31,3 +31,7 @@ class InvalidInputError(AutoresearchError):
 
 class StorageError(AutoresearchError):
     """Writing the history, a log or a file failed (for example a full disk); the history stays valid."""
+
+
+class SandboxError(AutoresearchError):
+    """The sandbox cannot be set up here (bubblewrap missing); nothing was run."""

@@ -7,6 +7,7 @@ Refs: refs/heads/autoresearch/<tag> points only at kept runs; refs/autoresearch/
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import os
 import tarfile
@@ -18,6 +19,10 @@ from gitdb.base import IStream  # type: ignore[import-untyped,unused-ignore]
 
 from server.errors import RepoError, StorageError
 from server.history import atomic_write
+
+# Every git command of the server runs no hook and no fsmonitor (and blobs are read without textconv), so
+# nothing planted in .git (by a person, or by a run with the sandbox off) runs with the server's rights.
+SAFE_GIT = ["core.hooksPath=/dev/null", "core.fsmonitor=false"]
 
 
 def open_repo(root: Path) -> git.Repo:
@@ -33,6 +38,7 @@ def open_repo(root: Path) -> git.Repo:
                 f"`git switch` to one of your branches (e.g. {repo.heads[0].name}) first."
             )
         raise RepoError("the repository has no commits yet; commit your files (git add -A && git commit) first.")
+    repo.git.set_persistent_git_options(c=SAFE_GIT)
     return repo
 
 
@@ -69,15 +75,23 @@ def current_branch(repo: git.Repo) -> str | None:
 
 def blob(repo: git.Repo, commit: str, path: str) -> bytes | None:
     """A file's bytes at a commit, or None when the file is not in that commit."""
-    try:
-        return bytes(repo.git.show(f"{commit}:{path}", stdout_as_string=False, strip_newline_in_stdout=False))
+    try:  # cat-file, not show: show runs textconv filters from .gitattributes
+        return bytes(repo.git.cat_file("blob", f"{commit}:{path}", stdout_as_string=False,
+                                       strip_newline_in_stdout=False))  # fmt: skip
     except git.GitCommandError:
         return None
 
 
 def is_clean(repo: git.Repo, path: str) -> bool:
-    """True when path has no staged or unstaged change against HEAD."""
-    return not repo.git.status("--porcelain", "--", path).strip()
+    """True when path has no staged or unstaged change against HEAD. Compared by hashes, not `git status`,
+    which would run clean filters and the fsmonitor that .git's config names."""
+    committed = blob(repo, "HEAD", path)
+    staged = repo.git.ls_files("-s", "--", path).split()
+    staged_sha = staged[1] if len(staged) >= 2 else None
+    target = Path(repo.working_tree_dir or ".") / path
+    on_disk = target.read_bytes() if target.is_file() else None
+    committed_sha = _blob_sha(committed) if committed is not None else None
+    return on_disk == committed and staged_sha == committed_sha
 
 
 def commit_file(repo: git.Repo, parent: str, path: str, content: bytes, message: str) -> str:
@@ -94,6 +108,10 @@ def commit_file(repo: git.Repo, parent: str, path: str, content: bytes, message:
     finally:
         Path(index).unlink(missing_ok=True)
     return str(repo.git.commit_tree(tree, "-p", parent, "-m", message, env=_identity()))
+
+
+def _blob_sha(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def _file_mode(repo: git.Repo, commit: str, path: str) -> str:

@@ -1,13 +1,16 @@
 """Every run, kept forever: an append-only event log (runs.jsonl), the original's results.tsv, per-run folders.
 
 Layout under <state_dir>/<tag>/:
-    runs.jsonl        one JSON event per line: start, end, decision (folded into RunRecords)
+    runs.jsonl        one JSON event per line: start, end, decision (folded into RunRecords); each event
+                      carries its format version and the hash of the line before it, so an edited or
+                      deleted line shows as a broken chain (reported, never silently repaired)
     results.tsv       commit, val_bpb, memory_gb, status, description (the original's five columns)
     runs/<id>/        log.txt, diff.patch, record.json
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,10 +23,13 @@ from pydantic import BaseModel, Field, ValidationError
 from server.errors import StorageError
 
 Status = Literal[
-    "running", "ok", "crash", "timeout", "no_metric", "over_budget", "cancelled", "interrupted", "tampered"
-]
+    "running", "ok", "crash", "timeout", "no_metric", "over_budget", "cancelled", "interrupted", "tampered",
+    "no_model", "export_failed", "bad_model", "eval_failed", "memory_limit", "process_limit", "sandbox_failed",
+]  # fmt: skip
 Decision = Literal["keep", "discard"]
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\n"
+EVENT_VERSION = 2  # 1: no version, no chain (before the sandbox); 2: "v" and "prev" on every line
+GENESIS = "0" * 64  # the "previous hash" of a history's first chained line
 
 
 def now() -> str:
@@ -47,6 +53,12 @@ class RunRecord(BaseModel):
     wall_seconds: float | None = None
     exit_code: int | None = None
     reason: str | None = Field(default=None, description="why the run failed, in one line")
+    reported: float | None = Field(default=None, description="the metric the run printed itself (information)")
+    flags: list[str] = Field(default_factory=list, description="e.g. unsandboxed, self-reported, reported_mismatch")
+    timing: dict[str, float] = Field(default_factory=dict, description="seconds measured by the server")
+    seed: int | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description="budget, sandbox and overrides in effect")
+    gpu_memory_gb: float | None = None
     summary: dict[str, str] = Field(default_factory=dict)
     forced: bool = False
     force_reason: str | None = None
@@ -67,13 +79,19 @@ class RunRecord(BaseModel):
         return self.decision or "pending"
 
 
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
 def append_event(path: Path, event: dict[str, Any]) -> None:
-    """Append one JSON line with a single write; on failure cut the file back so it stays valid."""
-    line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+    """Append one JSON line, chained to the line before it, with a single write; on failure cut the file
+    back so it stays valid."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     size = os.fstat(fd).st_size
     try:
+        prev = line_hash(_last_line(fd, size)) if size else GENESIS
+        line = (json.dumps({"v": EVENT_VERSION, "prev": prev, **event}, separators=(",", ":")) + "\n").encode()
         if os.write(fd, line) != len(line):
             raise OSError("short write")
         os.fsync(fd)
@@ -82,10 +100,31 @@ def append_event(path: Path, event: dict[str, Any]) -> None:
         raise StorageError(f"could not write the history at {path} ({exc}); free disk space and retry.") from exc
     finally:
         os.close(fd)
+    atomic_write(head_path(path), line_hash(line).encode(), durable=False)
+
+
+def head_path(path: Path) -> Path:
+    """The hash of the history's last line, so that an edit of the last line shows too."""
+    return path.with_name(path.name + ".head")
+
+
+def _last_line(fd: int, size: int) -> bytes:
+    start = max(0, size - 65536)
+    while True:
+        data = os.pread(fd, size - start, start)
+        cut = data.rstrip(b"\n").rfind(b"\n")
+        if cut >= 0 or start == 0:
+            return data[cut + 1 :]
+        start = max(0, start - 65536)
 
 
 def read_events(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Events up to the last complete line; with repair, cut a torn last line (a power cut) off the file."""
+    return [event for event, _ in read_lines(path, repair) if event is not None]
+
+
+def read_lines(path: Path, repair: bool = False) -> list[tuple[dict[str, Any] | None, bytes]]:
+    """Each complete line, parsed (None when it is not JSON), with its bytes."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -93,13 +132,57 @@ def read_events(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     if repair and end < len(data):
         with path.open("r+b") as fh:
             fh.truncate(end)
-    events = []
+    lines: list[tuple[dict[str, Any] | None, bytes]] = []
     for raw in data[:end].splitlines():
         try:
-            events.append(json.loads(raw))
+            event = json.loads(raw)
         except json.JSONDecodeError:
-            continue  # a torn line from an old crash; the records around it are intact
-    return events
+            event = None
+        lines.append((event if isinstance(event, dict) else None, raw))
+    return lines
+
+
+def problems(path: Path) -> list[str]:
+    """What is wrong with the history file: lines that are not events, records that do not validate, and
+    breaks in the hash chain (a line edited, inserted or deleted by something other than the server)."""
+    found: list[str] = []
+    prev: bytes | None = None
+    for number, (event, raw) in enumerate(read_lines(path), start=1):
+        if event is None:
+            found.append(f"line {number} of {path.name} is not a JSON event")
+        elif event.get("v", 1) > EVENT_VERSION:
+            found.append(f"line {number} has format version {event['v']}, newer than this server reads; upgrade")
+        elif event.get("v", 1) >= 2 and event.get("prev") != (line_hash(prev) if prev is not None else GENESIS):
+            found.append(f"line {number} of {path.name} does not follow line {number - 1}: the history was edited "
+                         "(a line changed, inserted or deleted) outside the server")  # fmt: skip
+        elif (error := _invalid(event)) is not None:
+            found.append(f"line {number} of {path.name} is not a valid record ({error})")
+        prev = raw
+    return found + _head_problem(path, [raw for _, raw in read_lines(path)])
+
+
+def _head_problem(path: Path, lines: list[bytes]) -> list[str]:
+    try:
+        head = head_path(path).read_text(encoding="ascii").strip()
+    except OSError:
+        return []
+    recent = [line_hash(raw) for raw in lines[-2:]]  # the server may have died between the line and the head
+    if lines and head not in recent:
+        return [f"the last line of {path.name} is not the one the server wrote: the history was edited outside it"]
+    return []
+
+
+def _invalid(event: dict[str, Any]) -> str | None:
+    try:
+        if event["type"] in ("start", "end"):
+            RunRecord.model_validate(event["run"])
+        elif event["type"] not in ("decision", "tag"):
+            return f"unknown event type {event['type']!r}"
+    except (KeyError, TypeError) as exc:
+        return f"missing {exc}"
+    except ValidationError as exc:
+        return str(exc.errors()[0]["msg"])
+    return None
 
 
 def fold(events: list[dict[str, Any]]) -> dict[int, RunRecord]:
@@ -147,7 +230,8 @@ def results_tsv(runs: list[RunRecord]) -> str:
         metric = f"{run.metric:.6f}" if run.status == "ok" and run.metric is not None else "0.000000"
         memory = f"{run.memory_gb:.1f}" if run.status == "ok" and run.memory_gb is not None else "0.0"
         desc = " ".join(run.description.split())
-        lines.append(f"{run.commit[:7]}\t{metric}\t{memory}\t{run.tsv_status}\t{desc}\n")
+        why = f" [{run.status}]" if run.status not in ("ok", "crash") else ""  # the original has three statuses
+        lines.append(f"{run.commit[:7]}\t{metric}\t{memory}\t{run.tsv_status}\t{desc}{why}\n")
     return "".join(lines)
 
 
@@ -183,7 +267,31 @@ class History:
         if force_reason is not None:
             event.update(forced=True, force_reason=force_reason)
         append_event(self.events_path, event)
+        decided = self.get(run_id)
+        if decided is not None:
+            atomic_write(
+                self.run_dir(run_id) / "record.json", decided.model_dump_json(indent=1).encode(), durable=False
+            )
         self.write_tsv()
+
+    def problems(self) -> list[str]:
+        return problems(self.events_path)
+
+    def mark_tag(self, start: str) -> None:
+        """The commit the run branch was created at: the expected tip until a run is kept."""
+        append_event(self.events_path, {"type": "tag", "start": start, "at": now()})
+
+    def expected_tip(self) -> str | None:
+        """Where the run branch must point by the server's own record: the last kept run's commit, or the
+        commit the tag started (or was re-pinned) at, whichever came later."""
+        runs = fold(read_events(self.events_path))
+        expected = None
+        for event in read_events(self.events_path):
+            if event.get("type") == "tag" and event.get("start"):
+                expected = str(event["start"])
+            elif event.get("type") == "decision" and event.get("decision") == "keep" and event.get("id") in runs:
+                expected = runs[event["id"]].commit
+        return expected
 
     def write_tsv(self) -> None:
         atomic_write(self.tsv_path, results_tsv(self.runs()).encode(), durable=False)

@@ -6,37 +6,39 @@ Nothing here knows about MCP; app.py and cli.py are thin layers over Lab.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import gitops, pins
+from server import gitops, pins, sandbox
 from server.config import CONFIG_NAME, Config
 from server.edits import Edit, apply_edits, validate_source
 from server.errors import BusyError, InvalidInputError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
+from server.isolation import Places
 from server.lock import Held, RepoLock
 from server.outcome import classify
-from server.runner import Execution, LocalRunner, Runner, RunSpec, kill_by_token
+from server.pipeline import Candidate, cleanup, collect, launch, make_candidate, measure, record_end, tampered
+from server.runner import Execution, LocalRunner, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
 
 
 @dataclass
 class ActiveRun:
-    """A started run: its record, its process and the lock it holds until it is collected."""
+    """A started run: its candidate, its process and the lock it holds until it is collected."""
 
-    record: RunRecord
+    candidate: Candidate
     execution: Execution
     held: Held
-    snapshot: Path
     deadline: float
-    pinned: dict[str, str]  # the pins as they were before the run, which the run itself could rewrite
+
+    @property
+    def record(self) -> RunRecord:
+        return self.candidate.record
 
 
 class Lab:
@@ -48,6 +50,7 @@ class Lab:
         self.root = Path(self.repo.working_tree_dir or root)
         self.runner = runner or LocalRunner()
         self.state = self.root / config.state_dir
+        self.places = Places.of(self.root, config)
         self.history = History(self.state / config.tag)
         self.lock = RepoLock(self.state / "lock")
         self.pins_path = self.history.folder / "pins.json"
@@ -93,6 +96,8 @@ class Lab:
 
     def _start_tag(self) -> None:
         """First use of a tag: branch autoresearch/<tag> at HEAD, HEAD on it, locked files pinned."""
+        if self.config.sandbox == "bwrap":
+            sandbox.require_bwrap()
         branch_tip = gitops.resolve(self.repo, f"refs/heads/{self.branch}")
         if branch_tip is None:
             self._refuse_dirty_locked()
@@ -113,22 +118,25 @@ class Lab:
         kept = best_run(self.history.runs())
         start = kept.commit if kept else self.repo.head.commit.hexsha
         self.repo.git.branch(self.branch, start)
+        self.history.mark_tag(start)
         if start == self.repo.head.commit.hexsha:
             self.repo.git.symbolic_ref("HEAD", f"refs/heads/{self.branch}")
 
     def pin(self) -> dict[str, str]:
         """Pin the committed locked files and the configuration (a human act: the CLI's `pin`)."""
         with self._hold("pin"):
-            return self._write_pins()
+            new = self._write_pins()
+            self.history.mark_tag(self.tip())  # the human's commits on the run branch are now the base
+            return new
 
     def _refuse_dirty_locked(self) -> None:
-        dirty = [p for p in self.config.locked if not gitops.is_clean(self.repo, p)]
+        dirty = [p for p in self.config.pinned_files() if not gitops.is_clean(self.repo, p)]
         if dirty:
             raise RepoError(f"{dirty[0]} has uncommitted changes; commit or restore it before pinning.")
 
     def _write_pins(self) -> dict[str, str]:
         self._refuse_dirty_locked()
-        new = {p: pins.digest(self.root / p) for p in [*self.config.locked, CONFIG_NAME]}
+        new = {p: pins.digest(self.root / p) for p in self.config.pinned_files()}
         pins.save_pins(self.pins_path, new)
         return new
 
@@ -207,68 +215,52 @@ class Lab:
         self._refuse_if_pending("run_experiment")
         pinned = pins.load_pins(self.pins_path)
         pins.check(pinned, self.root, self.config.tag)
-        parent = self.tip()
-        run_id = self.history.next_id()
+        self._refuse_unprepared()
+        parent = self._expected_tip()
         data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
-        message = f"autoresearch {self.config.tag} run {run_id}: {description}"
-        commit = gitops.commit_file(self.repo, parent, self.config.editable, data, message)
-        gitops.update_ref(self.repo, gitops.run_ref(self.config.tag, run_id), commit)
-        snapshot = self.history.run_dir(run_id) / "tree"
-        shutil.rmtree(snapshot, ignore_errors=True)
-        gitops.export_tree(self.repo, commit, snapshot)
-        pins.check({p: h for p, h in pinned.items() if p != CONFIG_NAME}, snapshot, self.config.tag,
-                   where=f"in run {run_id}'s snapshot (commit it was built from)")  # fmt: skip
         best = self.best()
-        record = RunRecord(id=run_id, commit=commit, parent=parent, description=description,
-                           best_before=best.metric if best else None)  # fmt: skip
-        self.history.record(record, "start")
-        return self._launch(record, held, snapshot, pinned)
+        record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=description,
+                           best_before=best.metric if best else None, seed=self.config.seed,
+                           settings=self._settings())  # fmt: skip
+        candidate = make_candidate(self.repo, self.config, self.history, record, data, pinned)
+        self.history.record(candidate.record, "start")
+        deadline = time.time() + self.config.hard_timeout
+        held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
+                       "description": description, "started_at": time.time(), "deadline": deadline,
+                       "budget": self.config.time_budget, "log": str(candidate.log)})  # fmt: skip
+        return ActiveRun(candidate, launch(self.runner, self.config, self.places, candidate), held, deadline)
 
-    def _launch(self, record: RunRecord, held: Held, snapshot: Path, pinned: dict[str, str]) -> ActiveRun:
-        token = uuid.uuid4().hex
-        limit = self.config.hard_timeout
-        deadline = time.time() + limit
-        run_dir = self.history.run_dir(record.id)
-        held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": token,
-                       "description": record.description, "started_at": time.time(), "deadline": deadline,
-                       "budget": self.config.time_budget, "log": str(run_dir / "log.txt")})  # fmt: skip
-        env = {**os.environ, **self.config.env, "PYTHONUNBUFFERED": "1",
-               "AUTORESEARCH_TIME_BUDGET": f"{self.config.time_budget:g}",
-               "AUTORESEARCH_EVAL_TOKENS": str(self.config.eval_tokens)}  # fmt: skip
-        spec = RunSpec(self.config.argv(), snapshot, env, run_dir / "log.txt", limit, token,
-                       self.config.kill_grace, self.config.max_log_bytes)  # fmt: skip
-        return ActiveRun(record, self.runner.start(spec), held, snapshot, deadline, pinned)
+    def _settings(self) -> dict[str, object]:
+        """What every run records about the rules it ran under."""
+        config = self.config
+        return {"time_budget": config.time_budget, "sandbox": config.sandbox, "contract": config.contract,
+                "network": config.network, "overrides": dict(config.overrides)}  # fmt: skip
+
+    def _refuse_unprepared(self) -> None:
+        """The evaluated contract needs the prepared dataset; refuse before anything changes."""
+        if not self.config.evaluated:
+            return
+        missing = [name for name in self.config.train_files if not (self.places.data / name).exists()]
+        if missing:
+            raise StateError(
+                f"the dataset {self.places.data} is not prepared ({missing[0]} is missing); the human must run "
+                "`autoresearch prepare` before any experiment can run: stop and tell them."
+            )
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
-        """Collect the outcome (killing the run if cancelled), classify it, record it, release the lock."""
+        """Collect the run, take the server's measurements, classify and record it, release the lock."""
+        candidate = active.candidate
         try:
-            if cancelled:
-                active.execution.kill("cancelled")
-            outcome = active.execution.wait(0.0)
-            while outcome is None:
-                outcome = active.execution.wait(1.0)
-            tampered = self._tampered(active)
-            shutil.rmtree(active.snapshot, ignore_errors=True)  # free what the run wrote before recording
-            record = classify(active.record, outcome, self.history.run_dir(active.record.id) / "log.txt",
-                              self.config, tampered)  # fmt: skip
-            diff = gitops.unified_diff(self._blob_text(record.parent), self._blob_text(record.commit),
-                                       self.config.editable)  # fmt: skip
-            atomic_write(self.history.run_dir(record.id) / "diff.patch", diff.encode(), durable=False)
-            self.history.record(record, "end")
+            outcome = collect(active.execution, cancelled)
+            changed = tampered(self.config, candidate, self.root, self.pins_path)
+            measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed)
+            record = classify(candidate.record, measured, self.config)
+            cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
+            record_end(self.repo, self.config, self.history, record)
             return record
         finally:
-            shutil.rmtree(active.snapshot, ignore_errors=True)
+            cleanup(candidate)
             active.held.release()
-
-    def _tampered(self, active: ActiveRun) -> list[str]:
-        """Locked files the run changed, in the working tree or its snapshot; rewritten pins are put back."""
-        pinned = active.pinned
-        changed = pins.changed(pinned, self.root)
-        changed += [p for p in pins.changed(pinned, active.snapshot) if p != CONFIG_NAME and p not in changed]
-        if pins.load_pins(self.pins_path) != pinned:
-            pins.save_pins(self.pins_path, pinned)
-            changed.append(str(self.pins_path.relative_to(self.root)))
-        return changed
 
     def run(self, description: str) -> RunRecord:
         """Start a run and block until it ends (the CLI and tests; the MCP tool adds progress)."""
@@ -282,9 +274,17 @@ class Lab:
             raise
         return self.finish_run(active)
 
-    def _blob_text(self, commit: str) -> str:
-        data = gitops.blob(self.repo, commit, self.config.editable)
-        return data.decode("utf-8", "replace") if data is not None else ""
+    def _expected_tip(self) -> str:
+        """The run branch's tip, refused when something outside the server moved it."""
+        tip = self.tip()
+        expected = self.history.expected_tip()
+        if expected is not None and tip != expected:
+            raise RepoError(
+                f"the run branch {self.branch} points at {tip[:7]}, but the history says {expected[:7]}: something "
+                f"outside the server moved it; a human must run `git branch -f {self.branch} {expected[:7]}` "
+                "(or start a new tag) before the loop can go on."
+            )
+        return tip
 
     # -- decisions ------------------------------------------------------------------------------------------
 
@@ -334,6 +334,7 @@ class Lab:
             run = self._latest(run_id)
             self._sync_editable(self.tip())
             self.history.decide(run.id, "discard")
+            shutil.rmtree(self.history.run_dir(run.id) / "out", ignore_errors=True)  # its model is not needed
             return self.history.get(run.id) or run
 
     def _sync_editable(self, commit: str) -> None:

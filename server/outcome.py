@@ -1,10 +1,13 @@
-"""Turns a finished process and its log into a run status: expected failures are values, not exceptions."""
+"""Turns what the server measured about a run into its status: expected failures are values, not exceptions."""
 
 from __future__ import annotations
 
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 from server.config import Config
+from server.evaluator import Evaluation
 from server.history import RunRecord, now
 from server.runner import Outcome
 from server.summary import as_float, parse_summary
@@ -28,54 +31,152 @@ def tail_lines(text: str, count: int) -> list[str]:
     return [line[:300] for line in text.rstrip("\n").splitlines()[-count:]]
 
 
-def classify(run: RunRecord, outcome: Outcome, log_path: object, config: Config, tampered: list[str]) -> RunRecord:
-    """The finished record: status, reason, metric and summary figures."""
-    text = read_tail(log_path)
+@dataclass(frozen=True)
+class Measured:
+    """Everything the server measured about one run, the inputs of its classification."""
+
+    outcome: Outcome
+    log_path: Path
+    tampered: list[str]
+    model: Path | None = None  # the handed-over model, when there is one
+    export_error: str | None = None
+    evaluation: Evaluation | None = None  # None: not evaluated (self-reported, or it failed before)
+
+
+def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
+    """The finished record: status, reason, metric, the server's timings and the run's own figures."""
+    text = read_tail(measured.log_path)
     summary = parse_summary(text)
-    metric = as_float(summary, config.metric)
-    training = as_float(summary, "training_seconds")
-    status, reason = _status(outcome, summary, metric, training, config, text)
-    if tampered and status == "ok":
-        status, reason = "tampered", f"the run changed locked file {tampered[0]}; its result is not accepted"
-    memory_mb = as_float(summary, "peak_memory_mb") or as_float(summary, "peak_vram_mb")
+    timing = timings(measured.outcome)
+    if measured.evaluation is not None and measured.evaluation.seconds is not None:
+        timing["evaluation"] = measured.evaluation.seconds
+    status, reason, metric = _status(measured, summary, timing, config, text)
+    if measured.tampered and status == "ok":
+        status, reason = "tampered", f"the run changed locked file {measured.tampered[0]}; its result is not accepted"
+    reported = as_float(summary, config.metric)
+    flags = _flags(config, reported, metric if status == "ok" else None)
+    outcome = measured.outcome
+    memory_mb = outcome.peak_memory_mb
+    training = timing.get("training") if config.evaluated else as_float(summary, "training_seconds")
     return run.model_copy(
         update={
             "status": status, "reason": reason, "summary": summary, "exit_code": outcome.exit_code,
-            "metric": metric if status == "ok" else None, "training_seconds": training,
-            "total_seconds": as_float(summary, "total_seconds"), "wall_seconds": outcome.wall_seconds,
-            "memory_gb": round(memory_mb / 1024, 3) if memory_mb is not None else None, "ended_at": now(),
+            "metric": metric if status == "ok" else None, "reported": reported, "flags": flags,
+            "training_seconds": training, "total_seconds": outcome.wall_seconds, "wall_seconds": outcome.wall_seconds,
+            "timing": timing, "memory_gb": round(memory_mb / 1024, 3) if memory_mb is not None else None,
+            "gpu_memory_gb": round(outcome.peak_gpu_memory_mb / 1024, 3) if outcome.peak_gpu_memory_mb else None,
+            "ended_at": now(),
         }
     )  # fmt: skip
 
 
+def timings(outcome: Outcome) -> dict[str, float]:
+    """Start-up, timed training and hand-over, in seconds, from the server's stamps on the marker lines."""
+    marks, timing = outcome.marks, {}
+    if "start" in marks:
+        timing["startup"] = marks["start"]
+    if "start" in marks and "end" in marks:
+        timing["training"] = round(marks["end"] - marks["start"], 3)
+        timing["handover"] = round(outcome.wall_seconds - marks["end"], 3)
+    if outcome.last_step_gap is not None:
+        timing["last_step"] = outcome.last_step_gap
+    return timing
+
+
+def allowed_training(config: Config, last_step: float | None) -> float:
+    """The budget, its tolerance, and one step (the loop checks the clock after a step, so the last step
+    overshoots), the step counted up to the tolerance again so that a fake long step gains little."""
+    slack = config.time_budget * config.budget_tolerance
+    return config.time_budget + slack + 1.0 + min(last_step or 0.0, slack + 1.0)
+
+
+def _flags(config: Config, reported: float | None, metric: float | None) -> list[str]:
+    flags = []
+    if config.sandbox == "off":
+        flags.append("unsandboxed")
+    if not config.evaluated:
+        flags.append("self-reported")
+    elif reported is not None and metric is not None and abs(reported - metric) > 1e-3 * max(1.0, abs(metric)):
+        flags.append("reported_mismatch")
+    return flags
+
+
 def _status(
-    outcome: Outcome,
-    summary: dict[str, str],
-    metric: float | None,
-    training: float | None,
-    config: Config,
-    text: str,
-) -> tuple[str, str | None]:
+    measured: Measured, summary: dict[str, str], timing: dict[str, float], config: Config, text: str
+) -> tuple[str, str | None, float | None]:
+    failed = _ended_badly(measured, config, text)
+    if failed is not None:
+        return (*failed, None)
+    if not config.evaluated:
+        return _self_reported(summary, config)
+    if measured.export_error is not None:
+        return "export_failed", f"save_model could not export the model: {measured.export_error}", None
+    late = over_budget(timing, config)
+    if late is not None:
+        return "over_budget", late, None
+    if measured.model is None:
+        return "no_model", "exited 0 without handing a model over; end train.py with prepare.save_model(model)", None
+    evaluation = measured.evaluation
+    if evaluation is None or evaluation.status == "failed":
+        why = evaluation.reason if evaluation else "the evaluator did not run"
+        return "eval_failed", f"{why}; this is not train.py's fault: run again, or tell the human if it repeats", None
+    if evaluation.status == "bad_model":
+        return "bad_model", f"the evaluator refused the model: {evaluation.reason}", None
+    return "ok", None, evaluation.metric
+
+
+def _ended_badly(measured: Measured, config: Config, text: str) -> tuple[str, str] | None:
+    outcome = measured.outcome
     if outcome.stop == "timeout":
-        return (
-            "timeout",
-            f"killed after {outcome.wall_seconds:.0f}s, the hard limit of {config.hard_timeout:.0f}s",
-        )
+        return "timeout", f"killed after {outcome.wall_seconds:.0f}s, the hard limit of {config.hard_timeout:.0f}s"
     if outcome.stop == "cancelled":
         return "cancelled", "the run_experiment call was cancelled; the run was killed"
+    if outcome.stop == "memory":
+        return "memory_limit", (f"killed: its processes used more than the memory limit of "
+                                f"{config.memory_limit_mb / 1024:.1f} GB; use a smaller model or batch")  # fmt: skip
+    if outcome.stop == "processes":
+        return "process_limit", (f"killed: it ran more than {config.max_processes} processes at once; "
+                                 "start fewer (dataloader workers, subprocesses)")  # fmt: skip
     if outcome.log_error is not None:  # the summary on disk may be cut: nothing in it can be trusted
         return "crash", f"the run's log could not be written ({outcome.log_error}); free disk space and run again"
-    if outcome.exit_code != 0:
+    if outcome.exit_code != 0 and text.lstrip().startswith("bwrap:"):
+        first = text.strip().splitlines()[0][:200]
+        return "sandbox_failed", f"the sandbox could not start ({first}); not train.py's fault: tell the human"
+    if outcome.exit_code != 0 and measured.export_error is None:
         return "crash", _crash_reason(outcome.exit_code, text)
+    return None
+
+
+def over_budget(timing: dict[str, float], config: Config) -> str | None:
+    """Why the server's clock says the run broke the budget, or None."""
+    if "startup" not in timing:
+        return "it never started timed training: call prepare.training_starts() right before the first step"
+    if timing["startup"] > config.startup_allowance:
+        return (f"start-up took {timing['startup']:.1f}s before timed training, over the allowance of "
+                f"{config.startup_allowance:g}s")  # fmt: skip
+    if "training" not in timing:
+        return "it never ended timed training: end train.py with prepare.save_model(model)"
+    allowed = allowed_training(config, timing.get("last_step"))
+    if timing["training"] > allowed:
+        return f"trained {timing['training']:.1f}s by the server's clock, over the {config.time_budget:g}s budget"
+    if timing["handover"] > config.handover_allowance:
+        return (f"ran {timing['handover']:.1f}s after training ended, over the hand-over allowance of "
+                f"{config.handover_allowance:g}s")  # fmt: skip
+    return None
+
+
+def _self_reported(summary: dict[str, str], config: Config) -> tuple[str, str | None, float | None]:
+    """The old contract (the human's config allows it): the metric and training time the run printed."""
+    metric = as_float(summary, config.metric)
+    training = as_float(summary, "training_seconds")
     if metric is None:
         seen = f" ({config.metric}: {summary[config.metric]!r})" if config.metric in summary else ""
-        return "no_metric", f"exited 0 but printed no finite {config.metric} in a final `---` block{seen}"
-    allowed = config.time_budget * (1 + config.budget_tolerance) + 1.0
+        return "no_metric", f"exited 0 but printed no finite {config.metric} in a final `---` block{seen}", None
     if training is None:
-        return "over_budget", "the summary has no training_seconds, so the budget cannot be checked"
-    if training > allowed:
-        return "over_budget", f"trained {training:.1f}s, over the {config.time_budget:g}s budget"
-    return "ok", None
+        return "over_budget", "the summary has no training_seconds, so the budget cannot be checked", None
+    if training > config.time_budget * (1 + config.budget_tolerance) + 1.0:
+        return "over_budget", f"trained {training:.1f}s, over the {config.time_budget:g}s budget", None
+    return "ok", None, metric
 
 
 def _crash_reason(exit_code: int | None, text: str) -> str:

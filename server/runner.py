@@ -1,13 +1,15 @@
-"""Runs one experiment snapshot as a subprocess: own process group, stdin closed, output to a capped log,
-a hard wall-clock limit, and a kill that reaches every process the run started.
+"""Runs one process of a run (the experiment, or its evaluator): sandboxed or in its own process group,
+stdin closed, output to a capped log, a hard wall-clock limit, limits on memory and processes measured by
+the server, the server's own clock on the contract's marker lines, and a kill that reaches every process.
 
-The interface is small on purpose (start, progress, wait, kill) so other runners (one per GPU, a cluster)
-can stand in for LocalRunner later.
+The interface is small on purpose (start, progress, wait, kill) so other runners (a pool of GPUs, a
+cluster) can stand in for LocalRunner.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -19,11 +21,14 @@ from typing import Literal, Protocol
 
 import psutil
 
-from server.summary import Progress, parse_progress
+from server import sandbox
+from server.summary import MARKERS, Progress, parse_progress
 
 RUN_TOKEN_VAR = "AUTORESEARCH_RUN_ID"
 _ACTIVE: dict[int, LocalExecution] = {}  # runs of this process not yet collected, for kill_all_now
-StopReason = Literal["exited", "timeout", "cancelled"]
+StopReason = Literal["exited", "timeout", "cancelled", "memory", "processes"]
+SAMPLE_EVERY_S = 0.2  # memory and process count of the run, measured by the server
+GPU_SAMPLE_EVERY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -38,17 +43,25 @@ class RunSpec:
     token: str
     kill_grace: float = 5.0
     max_log_bytes: int = 5_000_000
+    view: sandbox.View | None = None  # None: unsandboxed (sandbox = "off")
+    memory_limit_mb: float = 0.0  # 0: no limit
+    max_processes: int = 0  # 0: no limit
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How the process ended; classification into run statuses happens in the caller."""
+    """How the process ended and what the server measured; statuses are decided by the caller."""
 
     stop: StopReason
     exit_code: int | None
     wall_seconds: float
     log_bytes_dropped: int = 0
     log_error: str | None = None
+    marks: dict[str, float] = field(default_factory=dict)  # marker -> seconds after start (first start, last end)
+    last_step_gap: float | None = None  # seconds between the last two progress lines before the end marker
+    peak_memory_mb: float | None = None
+    peak_gpu_memory_mb: float | None = None
+    processes: int = 0  # the most processes seen at once
 
 
 class Execution(Protocol):
@@ -128,7 +141,7 @@ class _CappedLog:
 
 
 class LocalExecution:
-    """One running experiment process group."""
+    """One running process tree: the experiment, or an evaluator."""
 
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
@@ -137,10 +150,13 @@ class LocalExecution:
         self._stop: StopReason = "exited"
         self._progress: Progress | None = None
         self._outcome: Outcome | None = None
+        self._clock = _Clock()
+        self._usage = _Usage()
         self._log = _CappedLog(spec.log_path, spec.max_log_bytes)
         env = {**spec.env, RUN_TOKEN_VAR: spec.token}
+        argv = sandbox.command(spec.view, spec.argv, spec.cwd) if spec.view is not None else spec.argv
         self.proc = subprocess.Popen(
-            spec.argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.pid = self.proc.pid
@@ -151,23 +167,47 @@ class LocalExecution:
         self._exited = threading.Event()
         _ACTIVE[self.pid] = self
         threading.Thread(target=self._reap, name=f"reap-{self.pid}", daemon=True).start()
+        threading.Thread(target=self._watch, name=f"usage-{self.pid}", daemon=True).start()
 
     def _reap(self) -> None:
-        self.proc.wait()
+        """Reap the run with wait4: its resource usage is the kernel's peak memory of the run's processes."""
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+            self._usage.kernel_peak(usage.ru_maxrss / 1024)  # Linux reports KiB
+        except ChildProcessError:
+            self.proc.wait()
         self._exited.set()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         pending = b""
         for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr,attr-defined,unused-ignore]
+            arrived = self.elapsed()
             if self._log.closed:
                 return  # an escaped child still holds the pipe after the run was collected
             self._log.write(chunk)
             pending = (pending + chunk)[-4096:]
             *lines, pending = pending.split(b"\n")
             for line in lines[-50:]:
-                progress = parse_progress(line.decode("utf-8", "replace"))
+                text = line.decode("utf-8", "replace").strip()
+                self._clock.stamp(text, arrived)
+                progress = parse_progress(text)
                 self._progress = progress or self._progress
+
+    def _watch(self) -> None:
+        """Sample the process tree's memory and size; kill it when it passes a limit the human set."""
+        gpu_next = 0.0
+        while not self._exited.wait(SAMPLE_EVERY_S):
+            tree = _tree(self.pid)
+            self._usage.sample(tree)
+            if self.elapsed() >= gpu_next:
+                self._usage.sample_gpu({p.pid for p in tree})
+                gpu_next = self.elapsed() + GPU_SAMPLE_EVERY_S
+            reason = self._usage.over(self.spec.memory_limit_mb, self.spec.max_processes)
+            if reason is not None:
+                self.kill(reason)
+                return
 
     def progress(self) -> Progress | None:
         return self._progress
@@ -187,14 +227,18 @@ class LocalExecution:
         return self._finish()
 
     def kill(self, reason: StopReason) -> None:
-        """TERM the whole group, KILL it after the grace period, then sweep escaped descendants."""
-        self._stop = reason
+        """TERM every process of the run, KILL them after the grace period, then sweep escaped descendants."""
+        if self._stop == "exited":
+            self._stop = reason
+        tree = _tree(self.pid)
+        _signal_all(tree, signal.SIGTERM)
         _signal_group(self.pid, signal.SIGTERM)
         try:
             self.proc.wait(self.spec.kill_grace)
         except subprocess.TimeoutExpired:
             pass
-        _signal_group(self.pid, signal.SIGKILL)
+        _signal_all(_tree(self.pid) + tree, signal.SIGKILL)
+        _signal_group(self.pid, signal.SIGKILL)  # the sandbox's PID namespace dies with its first process
         self.proc.wait()
 
     def _finish(self) -> Outcome:
@@ -207,9 +251,107 @@ class LocalExecution:
         self._log.close()
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
-        self._outcome = Outcome(self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped,
-                                self._log.error)  # fmt: skip
+        usage = self._usage
+        self._outcome = Outcome(
+            self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped, self._log.error,
+            marks=dict(self._clock.marks), last_step_gap=self._clock.last_step_gap,
+            peak_memory_mb=usage.peak_mb or None, peak_gpu_memory_mb=usage.peak_gpu_mb, processes=usage.most,
+        )  # fmt: skip
         return self._outcome
+
+
+class _Clock:
+    """The server's clock on the run's marker lines: the first start, the last end, steps in between."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, float] = {}
+        self.steps: deque[float] = deque(maxlen=2)
+        self.last_step_gap: float | None = None
+
+    def stamp(self, line: str, at: float) -> None:
+        name = MARKERS.get(line)
+        if name is not None:
+            if name == "end" and len(self.steps) == 2:
+                self.last_step_gap = round(self.steps[1] - self.steps[0], 3)
+            if name != "start" or "start" not in self.marks:
+                self.marks[name] = round(at, 3)
+        elif line.startswith("step "):
+            self.steps.append(at)
+
+
+class _Usage:
+    """Peak memory (resident sets summed over the tree, and each process's kernel high-water mark) and the
+    most processes seen at once; GPU memory from nvidia-smi where it exists."""
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self.peak_gpu_mb: float | None = None
+        self.most = 0
+        self.now_mb = 0.0
+        self.count = 0
+        self.smi = shutil.which("nvidia-smi")
+
+    def sample(self, tree: list[psutil.Process]) -> None:
+        total, highest = 0.0, 0.0
+        for proc in tree:
+            try:
+                total += proc.memory_info().rss / 2**20
+                highest = max(highest, _high_water_mb(proc.pid))
+            except psutil.Error:
+                continue
+        self.now_mb, self.count = total, len(tree)
+        self.peak_mb = max(self.peak_mb, total, highest)
+        self.most = max(self.most, len(tree))
+
+    def kernel_peak(self, mb: float) -> None:
+        self.peak_mb = max(self.peak_mb, mb)
+
+    def sample_gpu(self, pids: set[int]) -> None:
+        if self.smi is None or not pids:
+            return
+        query = [self.smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        try:
+            out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return
+        used = sum(float(mb) for pid, _, mb in (line.partition(",") for line in out.splitlines())
+                   if pid.strip().isdigit() and int(pid) in pids and mb.strip().replace(".", "").isdigit())  # fmt: skip
+        if used:
+            self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, used)
+
+    def over(self, memory_limit_mb: float, max_processes: int) -> StopReason | None:
+        if memory_limit_mb and self.now_mb > memory_limit_mb:
+            return "memory"
+        if max_processes and self.count > max_processes:
+            return "processes"
+        return None
+
+
+def _high_water_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.Error:
+            pass
 
 
 def kill_all_now() -> None:

@@ -6,6 +6,16 @@ import math
 import re
 from dataclasses import dataclass
 
+# Marker lines a run prints through the locked prepare.py (training_starts, save_model); the server stamps
+# them with its own clock as they arrive. A printed copy is worth no more: the first start and the last end
+# count, and the time outside them is bounded by the start-up and hand-over allowances.
+MARK_START = "autoresearch: timed training starts"
+MARK_END = "autoresearch: timed training ends"
+MARK_SAVED = "autoresearch: model saved"
+MARKERS = {MARK_START: "start", MARK_END: "end", MARK_SAVED: "saved"}
+MODEL_FILE = "model.pt2"  # what save_model writes in the run's output folder
+EXPORT_ERROR_FILE = "export_error.txt"  # ... or, when the export failed, why
+
 PROGRESS_RE = re.compile(
     r"^step\s+(?P<step>\d+)\b.*?\bloss\s+(?P<loss>[-+0-9.eEnaif]+)"
     r"(?:.*?\belapsed\s+(?P<elapsed>[0-9.]+)s)?(?:.*?\bremaining\s+(?P<remaining>[0-9.]+)s)?"

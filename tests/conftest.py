@@ -28,12 +28,18 @@ def load_prepare() -> ModuleType:
     return module
 
 
-FAKE_CONFIG = """\
+HAS_BWRAP = shutil.which("bwrap") is not None
+needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not installed (apt-get install bubblewrap)")
+# The fake experiment prints its own metric (the old contract): the loop's rules are tested fast with it;
+# tests/test_evaluated.py and tests/test_hostile.py drive the real experiment through the real evaluator.
+FAKE_CONFIG = f"""\
 [autoresearch]
 tag = "test"
 editable = "train.py"
 locked = ["prepare.py"]
-command = ["{python}", "train.py"]
+command = ["{{python}}", "train.py"]
+contract = "self-reported"
+sandbox = "{"bwrap" if HAS_BWRAP else "off"}"
 time_budget = 1
 timeout = 10
 kill_grace = 1

@@ -1,33 +1,71 @@
-"""Tests of prepare.evaluate_bpb against models whose answer is known in closed form."""
+"""The locked evaluator: evaluate_bpb against models whose answer is known in closed form, the hand-over of a
+real model through torch.export, and every way a handed-over model is refused."""
 
+from __future__ import annotations
+
+import io
+import json
 import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import load_prepare
+from conftest import EXPERIMENT, load_prepare
 
 TEXTS = ["Héllo wörld, 日本語 and 🙂 emoji. " * 60, "Plain English prose for a second document. " * 80]
 
 
-class UniformModel(torch.nn.Module):
-    """Predicts every token of the vocabulary with equal probability: log2(V) bits per token."""
+class Uniform(torch.nn.Module):
+    """Every token of the vocabulary equally likely: log2(V) bits per token."""
 
-    def __init__(self, vocab_size):
+    def __init__(self, vocab_size: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.bias = torch.nn.Parameter(torch.zeros(vocab_size))
 
-    def forward(self, x, y, reduction="mean"):
-        logits = torch.zeros(*y.shape, self.vocab_size) + self.dummy
-        return F.cross_entropy(logits.view(-1, self.vocab_size), y.reshape(-1), reduction=reduction)
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*idx.shape, self.vocab_size) + self.bias
+
+
+class Peeking(Uniform):
+    """Not causal: every position sees the sum of the whole row, so a change at the end moves every logit."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(idx) + idx.float().sum(dim=1, keepdim=True)[..., None] * 1e-3
+
+
+class Mixing(Uniform):
+    """Rows are not independent: each row sees the mean of the batch."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(idx) + idx.float().mean() * 1e-3
+
+
+class Counter(Uniform):
+    """Changes its own state on every call."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        self.calls.add_(1)
+        return super().forward(idx) + self.calls
 
 
 @pytest.fixture(params=["--byte-level", "--vocab-size=300"])
-def prepare(request, tmp_path, monkeypatch):
+def prepare(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
+    monkeypatch.setenv("AUTORESEARCH_OUTPUT", str(tmp_path / "out"))
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
     for i, text in enumerate(TEXTS):
         (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
     module = load_prepare()
@@ -35,44 +73,163 @@ def prepare(request, tmp_path, monkeypatch):
     return module
 
 
-def val_bytes():
+def val_bytes() -> int:
     """Validation bytes computed from the texts, independently of the tokenizer."""
     return sum(len(t[int(len(t) * 0.95) :].encode("utf-8")) for t in TEXTS)
 
 
-def test_uniform_model_scores_log2_vocab_per_token(prepare):
+def val_tokens(prepare: ModuleType) -> np.ndarray:
+    return np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)
+
+
+def test_uniform_model_scores_log2_vocab_per_token(prepare: ModuleType) -> None:
     meta = prepare.load_meta()
-    val = np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)
-    n_text_tokens = int((val != meta["bos_id"]).sum())
+    n_text_tokens = int((val_tokens(prepare) != meta["bos_id"]).sum())
     expected = n_text_tokens * math.log2(meta["vocab_size"]) / val_bytes()
-    model = UniformModel(meta["vocab_size"])
-    assert prepare.evaluate_bpb(model, batch_size=2) == pytest.approx(expected, rel=1e-6)
-    assert model.training  # train mode restored
+    assert prepare.evaluate_bpb(Uniform(meta["vocab_size"]), batch_size=2) == pytest.approx(expected, rel=1e-6)
 
 
-def test_eval_tokens_limit_and_determinism(prepare):
-    meta = prepare.load_meta()
-    tok = prepare.load_tokenizer()
-    val = np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)[:50]
-    texts = tok.decode([t for t in val.tolist() if t != meta["bos_id"]])
-    expected = int((val != meta["bos_id"]).sum()) * math.log2(meta["vocab_size"]) / len(texts.encode())
-    model = UniformModel(meta["vocab_size"]).eval()
-    first = prepare.evaluate_bpb(model, batch_size=1, eval_tokens=50)
-    assert first == pytest.approx(expected, rel=1e-6) and not model.training
-    assert prepare.evaluate_bpb(model, batch_size=3, eval_tokens=50) == first
+def test_eval_tokens_scores_exactly_that_many_tokens_of_a_longer_split(prepare: ModuleType) -> None:
+    """The limit is smaller than the split, so ignoring it would change what is scored."""
+    meta, val = prepare.load_meta(), val_tokens(prepare)
+    assert len(val) > 50
+    rows = prepare.eval_rows("val", 50)
+    assert int((rows[:, 1:] != meta["bos_id"]).sum()) == int((val[:50] != meta["bos_id"]).sum())
+    texts = prepare.load_tokenizer().decode([t for t in val[:50].tolist() if t != meta["bos_id"]])
+    expected = int((val[:50] != meta["bos_id"]).sum()) * math.log2(meta["vocab_size"]) / len(texts.encode())
+    model = Uniform(meta["vocab_size"])
+    first = prepare.evaluate_bpb(model, 1, rows)
+    assert first == pytest.approx(expected, rel=1e-6)
+    assert prepare.evaluate_bpb(model, 3, rows) == first  # the batch size does not change the result
 
 
-def test_env_var_caps_eval_tokens(prepare, monkeypatch):
-    model = UniformModel(prepare.load_meta()["vocab_size"])
-    full = prepare.evaluate_bpb(model, batch_size=4)
-    monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", str(10**9))  # more than the split: capped
-    assert prepare.evaluate_bpb(model, batch_size=4) == full
+def tiny_gpt(prepare: ModuleType, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    """The default train.py's model at its smallest size, with random weights."""
+    monkeypatch.setenv("AUTORESEARCH_MODEL_SIZE", "tiny")
+    monkeypatch.syspath_prepend(str(EXPERIMENT))
+    sys.modules["prepare"] = prepare
+    spec = __import__("importlib.util").util.spec_from_file_location("train_under_test", EXPERIMENT / "train.py")
+    train = __import__("importlib.util").util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    torch.manual_seed(0)
+    vocab = prepare.load_meta()["vocab_size"]
+    return train.GPT(vocab, train.DEPTH, train.WIDTH, train.HEAD_DIM)  # type: ignore[no-any-return]
 
 
-def test_loss_of_shape_b_by_t_is_accepted(prepare):
-    class Shaped(UniformModel):
-        def forward(self, x, y, reduction="mean"):
-            return super().forward(x, y, reduction).view(y.shape)
+def evaluator(prepare: ModuleType, model: Path, tmp_path: Path, **env: str) -> dict[str, Any]:
+    """The evaluator as the server starts it: its own process, the locked file, a result file."""
+    result = tmp_path / "result.json"
+    subprocess.run([sys.executable, str(EXPERIMENT / "prepare.py"), "--evaluate", str(model), "--result",
+                    str(result)], env={**os.environ, **env}, check=True, capture_output=True, timeout=120)  # fmt: skip
+    return json.loads(result.read_text())  # type: ignore[no-any-return]
+
+
+def test_handed_over_model_scores_what_it_scores_in_process(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real model through torch.export, save and the evaluator process: the same bits per byte as
+    evaluate_bpb on the same weights in this process."""
+    model = tiny_gpt(prepare, monkeypatch)
+    path = prepare.save_model(model)
+    zipped = zipfile.ZipFile(path)
+    assert not [n for n in zipped.namelist() if n.endswith(".pt") and zipped.getinfo(n).file_size > 0]  # no pickle
+    expected = prepare.evaluate_bpb(model.eval(), 8)
+    result = evaluator(prepare, path, tmp_path, AUTORESEARCH_EVAL_BATCH="8")
+    assert result["status"] == "ok" and result["bpb"] == pytest.approx(expected, rel=1e-9)
+    assert result["tokens"] == len(val_tokens(prepare))
+
+
+def test_evaluator_scores_the_configured_number_of_tokens(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = prepare.save_model(tiny_gpt(prepare, monkeypatch))
+    assert evaluator(prepare, path, tmp_path, AUTORESEARCH_EVAL_TOKENS="40")["tokens"] == 40
+
+
+@pytest.mark.parametrize(
+    ("model", "why"),
+    [(Peeking, "must be causal"), (Mixing, "rows must be independent"), (Counter, "changes its own buffers")],
+)
+def test_models_that_cheat_are_refused(
+    prepare: ModuleType, tmp_path: Path, model: type[Uniform], why: str
+) -> None:
+    path = prepare.save_model(model(prepare.load_meta()["vocab_size"]))
+    result = evaluator(prepare, path, tmp_path)
+    assert result["status"] == "bad_model" and why in result["reason"]
+
+
+def test_wrong_output_and_nan_are_refused(prepare: ModuleType, tmp_path: Path) -> None:
+    class Short(Uniform):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return super().forward(idx)[:, :-1]
+
+    class Nan(Uniform):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return super().forward(idx) * float("nan")
 
     vocab = prepare.load_meta()["vocab_size"]
-    assert prepare.evaluate_bpb(Shaped(vocab), 2) == prepare.evaluate_bpb(UniformModel(vocab), 2)
+    short = evaluator(prepare, prepare.save_model(Short(vocab)), tmp_path)
+    assert short["status"] == "bad_model" and "must return float logits of shape" in short["reason"]
+    nan = evaluator(prepare, prepare.save_model(Nan(vocab)), tmp_path)
+    assert nan["status"] == "bad_model" and "not finite" in nan["reason"]
+
+
+def rewrite(path: Path, change: Any) -> Path:
+    """A copy of an archive with one member's JSON changed by change(name, data) -> data."""
+    out = path.with_name("crafted.pt2")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, change(info.filename, zin.read(info)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda n, d: d.replace(b"torch.ops.aten.linear.default", b"torch.save") if "models/" in n else d,
+         "calls torch.save"),
+        (lambda n, d: d.replace(b"torch.ops.aten.linear.default", b"torch.ops.aten.from_file.default")
+         if "models/" in n else d, "from_file"),
+        (lambda n, d: d.replace(b'"expr_str": "', b'"expr_str": "__import__(\'os\').system(\'true\') or ')
+         if "models/" in n else d, "plain arithmetic"),
+        (lambda n, d: d.replace(b'"use_pickle": false', b'"use_pickle": true') if n.endswith("weights_config.json")
+         else d, "pickled"),
+    ],
+)  # fmt: skip
+def test_crafted_archives_are_refused_before_anything_is_loaded(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, why: str
+) -> None:
+    """The loader would unpickle, run sympy on strings, or call what the graph names: the evaluator refuses
+    such archives while they are still bytes."""
+    path = prepare.save_model(tiny_gpt(prepare, monkeypatch))
+    crafted = rewrite(path, change)
+    assert crafted.read_bytes() != path.read_bytes()
+    with pytest.raises(prepare.BadModel, match=why):
+        prepare.read_archive(crafted)
+    result = evaluator(prepare, crafted, tmp_path)
+    assert result["status"] == "bad_model" and why in result["reason"]
+
+
+def test_an_unexpected_file_in_the_archive_is_refused(prepare: ModuleType, tmp_path: Path) -> None:
+    path = prepare.save_model(Uniform(prepare.load_meta()["vocab_size"]))
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("model/extra/payload.pkl", b"\x80\x04.")
+    with pytest.raises(prepare.BadModel, match="unexpected file"):
+        prepare.read_archive(path)
+
+
+def test_export_failure_names_the_reason_and_exits_3(prepare: ModuleType, tmp_path: Path) -> None:
+    """A model torch.export cannot capture: save_model writes why (for the agent) and exits with status 3."""
+
+    class DataDependent(Uniform):
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            if idx.sum() > 0:  # control flow on data cannot be exported
+                return super().forward(idx)
+            return super().forward(idx) + 1
+
+    with pytest.raises(SystemExit) as exited:
+        prepare.save_model(DataDependent(prepare.load_meta()["vocab_size"]))
+    assert exited.value.code == 3
+    reason = (Path(os.environ["AUTORESEARCH_OUTPUT"]) / "export_error.txt").read_text()
+    assert "data-dependent" in reason and len(reason) < 400
+    assert io.StringIO(reason).readline().strip() == reason.strip()  # one line

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from conftest import FAKE_CONFIG, disk_state, git, make_fake_repo, set_mode
+from conftest import FAKE_CONFIG, HAS_BWRAP, disk_state, git, make_fake_repo, needs_bwrap, set_mode
 from mcp import Client
 from test_stdio import server_params
 
@@ -45,6 +45,13 @@ def wait_for(check: Callable[[], Any], seconds: float = 15.0) -> Any:
 def lock_info(repo: Path) -> dict[str, Any]:
     text = (repo / ".autoresearch" / "lock").read_text()
     return json.loads(text) if text else {}
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def processes_with_token(token: str) -> list[psutil.Process]:
@@ -140,7 +147,10 @@ def test_server_killed_mid_run_is_recovered_on_restart(repo: Path, tmp_path: Pat
         orphans = wait_for(lambda: processes_with_token(info["token"]))
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
-    assert [p.is_running() for p in orphans] == [True] * len(orphans)  # the experiment outlived its server
+    if HAS_BWRAP:  # the sandbox dies with its server (--die-with-parent), and every process with the sandbox
+        assert wait_for(lambda: not any(alive(p) for p in orphans)), "the experiment outlived its server"
+    else:  # unsandboxed, the experiment outlives its server until the restart below
+        assert [p.is_running() for p in orphans] == [True] * len(orphans)
 
     kept = git(repo, "rev-parse", "refs/autoresearch/test/1")
     with raw_server(repo, tmp_path / "second.err") as server:  # the restart recovers before serving
@@ -251,12 +261,28 @@ summary(0.001)
 """
 
 
-def test_experiment_that_edits_locked_files_outside_its_snapshot_and_repins_is_not_accepted(
-    lab: Lab, repo: Path
-) -> None:
-    """Scenario: Locked files / an experiment that leaves its snapshot to change the working tree's locked
-    file and rewrite the pins while it runs: recorded as tampered, pins put back, later runs refused
-    until the file is restored."""
+@needs_bwrap
+def test_sandboxed_experiment_cannot_reach_the_working_tree_or_the_pins(lab: Lab, repo: Path) -> None:
+    """Scenario: Sandbox / an experiment that leaves its snapshot to change the working tree's locked file
+    and rewrite the pins: inside the sandbox the repository and the state folder are empty, so neither file
+    changes, and the next run goes on."""
+    lab.write(ESCAPE)
+    pins_before = (repo / STATE / "pins.json").read_bytes()
+    prepare_before = (repo / "prepare.py").read_bytes()
+    run = lab.run("escape")
+    assert run.status == "crash" and "No such file" in (run.reason or "")  # the repository is an empty folder
+    assert (repo / STATE / "pins.json").read_bytes() == pins_before
+    assert (repo / "prepare.py").read_bytes() == prepare_before
+    lab.discard()
+    lab.write(set_mode("ok", 0.5))
+    assert lab.run("next").status == "ok"
+
+
+def test_experiment_that_edits_locked_files_outside_its_snapshot_and_repins_is_not_accepted(repo: Path) -> None:
+    """Scenario: Locked files / unsandboxed (sandbox = "off"), an experiment that leaves its snapshot to change
+    the working tree's locked file and rewrite the pins while it runs: recorded as tampered, pins put back,
+    later runs refused until the file is restored."""
+    lab = Lab(repo, load_config(repo).model_copy(update={"sandbox": "off"}))
     lab.write(ESCAPE)
     pins_before = (repo / STATE / "pins.json").read_bytes()
     run = lab.run("escape")
@@ -290,7 +316,7 @@ def test_two_server_processes_never_run_two_experiments(repo: Path, tmp_path: Pa
         assert second.tool("write_train", content=set_mode("ok", 0.5))[0]
         assert first.reply(request)["structuredContent"]["status"] == "ok"
     events = read_events(repo / STATE / "runs.jsonl")
-    assert [(e["type"], e["run"]["id"]) for e in events] == [("start", 1), ("end", 1)]
+    assert [(e["type"], e["run"]["id"]) for e in events if "run" in e] == [("start", 1), ("end", 1)]
 
 
 @pytest.mark.anyio
@@ -319,4 +345,4 @@ async def test_two_clients_of_one_server_never_run_two_experiments(
                 assert result.is_error and busy in result.content[0].text  # type: ignore[union-attr]
     assert not results[0].is_error
     events = read_events(repo / STATE / "runs.jsonl")
-    assert [(e["type"], e["run"]["id"]) for e in events] == [("start", 1), ("end", 1)]
+    assert [(e["type"], e["run"]["id"]) for e in events if "run" in e] == [("start", 1), ("end", 1)]

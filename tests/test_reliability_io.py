@@ -274,14 +274,12 @@ for _ in range(3000):
 summary(0.5)
 """
 )
-PRINT_THEN_FILL_FOR_GOOD = (
-    "from prepare import summary\nsummary(0.5)\n"
-    + FILL.format(where="../filler")
-    + """\
-for folder, _, names in os.walk("."):  # hard links keep the disk full after the snapshot is removed
-    for name in names:
-        os.link(os.path.join(folder, name), f"../held-{name}")
-"""
+PRINT_THEN_FILL_FOR_GOOD = (  # the output folder outlives the run, so the disk stays full; a summary of
+    # 40 KB makes the end record larger than what removing the snapshot frees
+    "import os\nfrom prepare import summary\nsummary(0.5)\n"
+    + "for i in range(400):\n    print(f'pad_{i}: ' + 'x' * 100, flush=True)\n"
+    + "import time\ntime.sleep(0.5)  # the server's log writer puts the summary on disk before the disk fills\n"
+    + FILL.replace("{where!r}", 'os.path.join(os.environ["AUTORESEARCH_OUTPUT"], "filler")')
 )
 
 
@@ -309,14 +307,12 @@ def test_full_disk_while_writing_a_record_keeps_the_history_valid(small_disk: Pa
     with pytest.raises(StorageError, match="free disk space and retry"):
         lab.run("fills the disk for good")
     events = repo / STATE / "runs.jsonl"
-    assert [json.loads(line)["type"] for line in events.read_bytes().splitlines()] == ["start"]
+    assert [json.loads(line)["type"] for line in events.read_bytes().splitlines()] == ["tag", "start"]
     assert (small_disk / "lock").read_text() == ""
     with pytest.raises(StorageError, match="free disk space"):
         lab.run("still full")
     assert all(json.loads(line) for line in events.read_bytes().splitlines())
-    for held in lab.history.run_dir(1).glob("*"):
-        if held.name == "filler" or held.name.startswith("held-"):
-            held.unlink()
+    (lab.history.run_dir(1) / "out" / "filler").unlink()
     lab.write(set_mode("ok", 0.5))
     assert lab.run("after freeing space").status == "ok"
     first = lab.history.runs()[0]

@@ -176,6 +176,8 @@ async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> No
 
 async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
     (repo / "program.md").write_text("# program\nNEVER STOP\n")
+    git(repo, "add", "program.md")
+    git(repo, "commit", "-qm", "program")  # a steering file: pinned, so it must be committed
     async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
         program = await client.read_resource("autoresearch://program")
         prompt = await client.get_prompt("autoresearch")

@@ -49,13 +49,13 @@ def summary(stdout):
 @pytest.mark.parametrize("size", ["tiny", "default"])
 def test_short_run_prints_progress_and_summary(env, tmp_path, size):
     env = {**env, "AUTORESEARCH_MODEL_SIZE": size}
+    prepare = load_prepare()
     result = run_train(EXPERIMENT / "train.py", env, cwd=tmp_path)  # cwd is not the repo: must still work
     assert result.returncode == 0, result.stderr[-3000:]
     steps = PROGRESS.findall(result.stdout)
-    assert steps and int(steps[-1][0]) >= 3
+    assert steps and int(steps[-1][0]) >= 1  # a loaded machine may manage one step in the budget
     values = {k.strip(): v.strip() for k, v in summary(result.stdout).items()}
     assert set(values) >= {
-        "val_bpb",
         "training_seconds",
         "total_seconds",
         "peak_memory_mb",
@@ -66,11 +66,14 @@ def test_short_run_prints_progress_and_summary(env, tmp_path, size):
         "device",
     }
     assert "mfu_percent" not in values  # unknown peak on CPU
-    assert re.fullmatch(r"\d+\.\d{6}", values["val_bpb"])
-    assert 0.5 < float(values["val_bpb"]) < 9.0 and math.isfinite(float(values["val_bpb"]))
-    assert 2.0 <= float(values["training_seconds"]) < 10.0
+    assert "val_bpb" not in values  # the run cannot see the validation split: the server's evaluator scores it
+    lines = result.stdout.splitlines()
+    start, end, saved = (lines.index(m) for m in (prepare.MARK_START, prepare.MARK_END, prepare.MARK_SAVED))
+    assert start < end < saved  # the server's clock runs between the first two; the model is handed over
+    assert (tmp_path / "output" / prepare.MODEL_FILE).stat().st_size > 0
+    assert float(values["training_seconds"]) >= 2.0
     assert float(values["total_seconds"]) >= float(values["training_seconds"])
-    assert int(values["num_steps"]) == int(steps[-1][0]) and values["device"] == "cpu"
+    assert int(values["num_steps"]) == int(steps[-1][0]) and values["device"] == "cpu" and int(values["epoch"]) >= 1
     assert float(values["peak_memory_mb"]) > 10 and float(values["total_tokens_M"]) > 0
 
 

@@ -40,9 +40,12 @@ def main(mode, metric):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         time.sleep(3600)
     elif mode == "fork":  # a child that leaves the process group and outlives its parent
-        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)", "autoresearch-test-escapee"], start_new_session=True
+        )
         with open("child.pid", "w") as fh:
             fh.write(str(child.pid))
+        time.sleep(1)  # the run lives on a moment, so a test can see its child alive
         print(f"child {child.pid}")
         summary(metric)
     elif mode == "flood":
