@@ -1,6 +1,5 @@
 """Real runs of experiment/train.py as a subprocess, on a tiny byte-level dataset."""
 
-import math
 import os
 import re
 import shutil
