@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from matplotlib.image import imread
@@ -48,9 +47,7 @@ def assert_png(path: Path) -> None:
 
 def test_plot_all_outcomes(tmp_path: Path) -> None:
     runs = make_history(tmp_path / "hist")
-    start = time.monotonic()
     out = plot_progress(runs, tmp_path / "out" / "progress.png")
-    assert time.monotonic() - start < 2.0
     assert out == tmp_path / "out" / "progress.png"
     assert_png(out)
     assert [p.name for p in out.parent.iterdir()] == ["progress.png"]  # no temporary file left behind

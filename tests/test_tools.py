@@ -14,6 +14,7 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from server import app
+from server.runner import RUN_TOKEN_VAR
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
@@ -86,9 +87,15 @@ async def test_failed_run_returns_status_reason_and_log_tail(mode: str) -> None:
         assert "can never be kept" in await refused(client, "keep")
 
 
-async def test_run_result_is_compact(mode: str) -> None:
+LOUD_CRASH = "for i in range(200):\n    print(f'line {i} ' + 'y' * 400)\nraise SystemExit(3)\n"
+
+
+async def test_failed_run_result_with_a_long_log_tail_is_compact(mode: str) -> None:
     async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
-        result = await client.call_tool("run_experiment", {"description": "baseline"})
+        await ok(client, "write_train", {"content": LOUD_CRASH})
+        result = await client.call_tool("run_experiment", {"description": "loud crash"})
+    assert result.structured_content is not None and result.structured_content["status"] == "crash"
+    assert result.structured_content["log_tail"]  # the cap trims the tail, it does not drop it
     assert len(text(result).encode()) < 1500
 
 
@@ -162,8 +169,13 @@ async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> No
     """Scenario: Crash recovery / the client cancels run_experiment: the run is killed and recorded as cancelled"""
     async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
         await ok(client, "write_train", {"content": set_mode("hang")})
-        with anyio.move_on_after(1.5):
-            await client.call_tool("run_experiment", {"description": "hang"})
+        seen: list[psutil.Process] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "run_experiment", {"description": "hang"})
+            while not seen:  # the run is under way once its process exists; then cancel the call
+                seen = run_processes(repo)
+                await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
         history: dict[str, Any] = {}
         for _ in range(100):  # the server records the cancellation asynchronously
             history = await ok(client, "get_history")
@@ -171,7 +183,19 @@ async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> No
                 break
             await anyio.sleep(0.1)
     assert "cancelled" in history["rows"][-1]
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(3600)" in " ".join(p.info["cmdline"] or [])]
+    assert not [p.pid for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def run_processes(repo: Path) -> list[psutil.Process]:
+    """The processes of this repository's runs: they carry the run token and work in its snapshot folder."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if RUN_TOKEN_VAR in proc.environ() and Path(proc.cwd()).is_relative_to(repo):
+                found.append(proc)
+        except psutil.Error:
+            continue  # gone meanwhile, or another user's
+    return found
 
 
 async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
