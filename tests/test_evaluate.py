@@ -1,6 +1,8 @@
 """Tests of prepare.evaluate_bpb against models whose answer is known in closed form."""
 
 import math
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -14,18 +16,18 @@ TEXTS = ["Héllo wörld, 日本語 and 🙂 emoji. " * 60, "Plain English prose 
 class UniformModel(torch.nn.Module):
     """Predicts every token of the vocabulary with equal probability: log2(V) bits per token."""
 
-    def __init__(self, vocab_size):
+    def __init__(self, vocab_size: int) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
-    def forward(self, x, y, reduction="mean"):
+    def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         logits = torch.zeros(*y.shape, self.vocab_size) + self.dummy
         return F.cross_entropy(logits.view(-1, self.vocab_size), y.reshape(-1), reduction=reduction)
 
 
 @pytest.fixture(params=["--byte-level", "--vocab-size=300"])
-def prepare(request, tmp_path, monkeypatch):
+def prepare(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
     for i, text in enumerate(TEXTS):
@@ -35,12 +37,12 @@ def prepare(request, tmp_path, monkeypatch):
     return module
 
 
-def val_bytes():
+def val_bytes() -> int:
     """Validation bytes computed from the texts, independently of the tokenizer."""
     return sum(len(t[int(len(t) * 0.95) :].encode("utf-8")) for t in TEXTS)
 
 
-def test_uniform_model_scores_log2_vocab_per_token(prepare):
+def test_uniform_model_scores_log2_vocab_per_token(prepare: ModuleType) -> None:
     meta = prepare.load_meta()
     val = np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)
     n_text_tokens = int((val != meta["bos_id"]).sum())
@@ -50,7 +52,7 @@ def test_uniform_model_scores_log2_vocab_per_token(prepare):
     assert model.training  # train mode restored
 
 
-def test_eval_tokens_limit_and_determinism(prepare):
+def test_eval_tokens_limit_and_determinism(prepare: ModuleType) -> None:
     meta = prepare.load_meta()
     tok = prepare.load_tokenizer()
     val = np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)[:50]
@@ -62,16 +64,16 @@ def test_eval_tokens_limit_and_determinism(prepare):
     assert prepare.evaluate_bpb(model, batch_size=3, eval_tokens=50) == first
 
 
-def test_env_var_caps_eval_tokens(prepare, monkeypatch):
+def test_env_var_caps_eval_tokens(prepare: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     model = UniformModel(prepare.load_meta()["vocab_size"])
     full = prepare.evaluate_bpb(model, batch_size=4)
     monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", str(10**9))  # more than the split: capped
     assert prepare.evaluate_bpb(model, batch_size=4) == full
 
 
-def test_loss_of_shape_b_by_t_is_accepted(prepare):
+def test_loss_of_shape_b_by_t_is_accepted(prepare: ModuleType) -> None:
     class Shaped(UniformModel):
-        def forward(self, x, y, reduction="mean"):
+        def forward(self, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
             return super().forward(x, y, reduction).view(y.shape)
 
     vocab = prepare.load_meta()["vocab_size"]

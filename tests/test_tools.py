@@ -39,8 +39,9 @@ def text(result: CallToolResult) -> str:
 async def ok(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     result = await client.call_tool(tool, args or {})
     assert not result.is_error, text(result)
-    assert result.structured_content is not None
-    return result.structured_content
+    data: dict[str, Any] | None = result.structured_content
+    assert data is not None
+    return data
 
 
 async def refused(client: Client, tool: str, args: dict[str, Any] | None = None) -> str:
@@ -50,7 +51,7 @@ async def refused(client: Client, tool: str, args: dict[str, Any] | None = None)
 
 
 async def test_all_six_tools_are_listed_with_output_schemas(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     assert all(t.output_schema is not None and t.description for t in tools.values())
@@ -58,7 +59,7 @@ async def test_all_six_tools_are_listed_with_output_schemas(mode: str) -> None:
 
 
 async def test_full_loop_keep_then_discard(mode: str, repo: Path) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         start = await ok(client, "read_train")
         assert start["best"] is None and "MODE" in start["content"]
         baseline = await ok(client, "run_experiment", {"description": "baseline"})
@@ -79,7 +80,7 @@ def baseline_commit(repo: Path) -> str:
 
 
 async def test_failed_run_returns_status_reason_and_log_tail(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("crash")})
         result = await ok(client, "run_experiment", {"description": "crash"})
         assert result["status"] == "crash" and result["metric"] is None
@@ -91,7 +92,7 @@ LOUD_CRASH = "for i in range(200):\n    print(f'line {i} ' + 'y' * 400)\nraise S
 
 
 async def test_failed_run_result_with_a_long_log_tail_is_compact(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": LOUD_CRASH})
         result = await client.call_tool("run_experiment", {"description": "loud crash"})
     assert result.structured_content is not None and result.structured_content["status"] == "crash"
@@ -101,7 +102,7 @@ async def test_failed_run_result_with_a_long_log_tail_is_compact(mode: str) -> N
 
 async def test_misuse_of_every_tool_is_a_tool_error_and_changes_nothing(mode: str, repo: Path) -> None:
     before = (repo / "train.py").read_bytes()
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         assert "no runs yet" in await refused(client, "keep")
         assert "no runs yet" in await refused(client, "discard")
         assert "would not compile" in await refused(client, "write_train", {"content": "def (:"})
@@ -118,7 +119,7 @@ async def test_misuse_of_every_tool_is_a_tool_error_and_changes_nothing(mode: st
 
 
 async def test_history_lists_runs_and_details_one(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "run_experiment", {"description": "baseline"})
         await ok(client, "keep")
         history = await ok(client, "get_history")
@@ -129,7 +130,7 @@ async def test_history_lists_runs_and_details_one(mode: str) -> None:
 
 
 async def test_history_shows_the_latest_runs_and_finds_earlier_ones_by_match(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         for idea in ("raise the LR", "deeper model", "lower the lr"):
             await ok(client, "run_experiment", {"description": idea})
             await ok(client, "discard")
@@ -157,7 +158,7 @@ async def test_progress_notifications_arrive_during_a_run(
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, message))
 
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("sleep", 1.0)})
         result = await client.call_tool("run_experiment", {"description": "slow"}, progress_callback=on_progress)
     assert not result.is_error
@@ -167,7 +168,7 @@ async def test_progress_notifications_arrive_during_a_run(
 
 async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> None:
     """Scenario: Crash recovery / the client cancels run_experiment: the run is killed and recorded as cancelled"""
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("hang")})
         seen: list[psutil.Process] = []
         async with anyio.create_task_group() as group:
@@ -200,7 +201,7 @@ def run_processes(repo: Path) -> list[psutil.Process]:
 
 async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
     (repo / "program.md").write_text("# program\nNEVER STOP\n")
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         program = await client.read_resource("autoresearch://program")
         prompt = await client.get_prompt("autoresearch")
         await ok(client, "run_experiment", {"description": "baseline"})
@@ -213,6 +214,6 @@ async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
 async def test_not_a_git_repository_is_reported_by_every_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario: Git edge cases / not a git repository at all: every tool says to run `git init` and commit"""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(tmp_path))
-    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp) as client:
         message = await refused(client, "read_train")
     assert "not a git repository" in message and "git init" in message

@@ -1,0 +1,22 @@
+"""The project's own checks pass: ruff lint and format, and mypy strict on server/ and tests/ (pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+CHECKS = {
+    "ruff check": ["ruff", "check", "."],
+    "ruff format": ["ruff", "format", "--check", "."],
+    "mypy": ["mypy"],  # its files and strictness come from [tool.mypy]
+}
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_check_passes(name: str) -> None:
+    done = subprocess.run([sys.executable, "-m", *CHECKS[name]], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-4000:]}{done.stderr[-2000:]}"
