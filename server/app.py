@@ -104,7 +104,10 @@ async def write_train(
     content: Annotated[str | None, Field(description="the whole new file; or use edits")] = None,
     edits: Annotated[
         list[views.EditIn] | None,
-        Field(description="exact search/replace pairs applied in order; each `old` must occur exactly once"),
+        Field(
+            description="exact search/replace pairs; each `old` must occur exactly once in the file as it is "
+            "now (not in what another edit writes), and no two may overlap"
+        ),
     ] = None,
 ) -> Annotated[CallToolResult, views.WriteResult]:
     """Change the training script (the only file you may change). Send `edits` for small changes or `content`
