@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from server.history import TSV_HEADER, History, RunRecord
-from server.table import counts, format_rows, render_table, to_json, to_tsv
+from server.table import counts, format_rows, render_table, title, to_json, to_tsv
 
 LONG = "increase depth to eight, widen the MLP four times and retune the learning rate schedule " * 3
 
@@ -98,3 +98,26 @@ def test_render_table_highlights_outcomes(tmp_path: Path) -> None:
     console.print(table)
     text = console.export_text()
     assert "8 runs" in text and "1 crashed" in text and "best" in text and "idea 5" in text
+
+
+def failed_runs(folder: Path) -> list[RunRecord]:
+    """A crash, a timeout and a run over budget that still printed its metric, all discarded."""
+    history = History(folder)
+    for i, status in enumerate(["crash", "timeout", "over_budget"], start=1):
+        run = RunRecord(id=i, commit=f"{i:07d}", parent="p", description=f"try {i}")
+        history.record(run, "start")
+        metric = 2.4 if status == "over_budget" else None
+        history.record(run.model_copy(update={"status": status, "metric": metric, "reason": "r"}), "end")
+        history.decide(i, "discard")
+    return history.runs()
+
+
+def test_each_failed_status_is_counted_under_its_own_name(tmp_path: Path) -> None:
+    runs = failed_runs(tmp_path)
+    assert counts(runs) == {"runs": 3, "kept": 0, "discarded": 0, "crashed": 1, "pending": 0, "running": 0,
+                            "timeout": 1, "over_budget": 1}  # fmt: skip
+    assert title(runs) == "3 runs, 0 kept, 0 discarded, 1 crashed, 1 timed out, 1 over budget"
+
+
+def test_one_run_is_not_runs(tmp_path: Path) -> None:
+    assert title(make_history(tmp_path, 1)).startswith("1 run, 0 kept")
