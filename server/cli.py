@@ -128,7 +128,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(table.to_json(runs))
     elif args.tsv:
-        print(table.to_tsv(runs), end="")
+        print(table.to_tsv(runs, config.metric), end="")
     else:
         out.print(table.render_table(runs[-args.limit :], config.metric, heading=table.title(runs)))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import re
@@ -11,10 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FAKE_CONFIG, REPO_ROOT, git, set_mode
+from conftest import FAKE_CONFIG, REPO_ROOT, git, make_fake_repo, set_mode
+from rich.console import Console
 
 from server.config import load_config
-from server.history import RunRecord
+from server.demo import report
+from server.history import History, RunRecord
 from server.loop import Lab
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,3 +236,13 @@ def test_serve_with_a_broken_configuration_exits_with_its_sentence(repo: Path) -
     (repo / "autoresearch.toml").write_text(FAKE_CONFIG + "time_budge = 1\n")
     message = one_sentence(cli(repo, "serve", env={"AUTORESEARCH_ROOT": str(repo)}))
     assert "unknown key 'time_budge' (did you mean 'time_budget'?)" in message
+
+
+def test_history_and_the_demo_report_use_the_configured_metric(tmp_path: Path) -> None:
+    repo = make_fake_repo(tmp_path / "steps", FAKE_CONFIG + 'metric = "num_steps"\ndirection = "maximize"\n')
+    assert cli(repo, "run", "baseline").returncode == 0 and cli(repo, "keep").returncode == 0
+    assert cli(repo, "history", "--tsv").stdout.startswith("commit\tnum_steps\tmemory_gb\tstatus\tdescription\n")
+    assert "num_steps" in cli(repo, "history").stdout
+    console = Console(record=True, width=160, file=io.StringIO())
+    report(History(repo / ".autoresearch" / "test"), tmp_path / "p.png", console, "test", "num_steps", "maximize")
+    assert "num_steps" in console.export_text() and "val_bpb" not in console.export_text()

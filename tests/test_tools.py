@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from conftest import git, set_mode
+from conftest import FAKE_CONFIG, git, make_fake_repo, set_mode
 from mcp import Client
 from mcp.types import CallToolResult
 
@@ -217,3 +217,13 @@ async def test_not_a_git_repository_is_reported_by_every_tool(tmp_path: Path, mo
     async with Client(app.mcp) as client:
         message = await refused(client, "read_train")
     assert "not a git repository" in message and "git init" in message
+
+
+async def test_history_rows_name_the_configured_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_fake_repo(tmp_path / "steps", FAKE_CONFIG + 'metric = "num_steps"\ndirection = "maximize"\n')
+    monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
+    async with Client(app.mcp) as client:
+        await ok(client, "run_experiment", {"description": "baseline"})
+        history = await ok(client, "get_history")
+    assert history["rows"][0].split()[:2] == ["id", "num_steps"] and history["direction"] == "maximize"
+    assert history["rows"][1].split()[1] == "3.000000"
