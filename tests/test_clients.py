@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, git, make_fake_repo
+from conftest import FAKE_CONFIG, REPO_ROOT, git, make_fake_repo
 
 NODE_BIN = Path(os.environ.get("AUTORESEARCH_NODE_BIN", REPO_ROOT / ".ci" / "node" / "node_modules" / ".bin"))
 
@@ -49,6 +49,14 @@ def test_claude_mcp_list_reports_the_server_connected(project: Path, tmp_path: P
                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
     assert "autoresearch" in out.stdout and "Connected" in out.stdout, out.stdout + out.stderr
     assert git(project, "branch", "--show-current") == "main"  # a health check changes nothing
+
+
+def test_claude_mcp_list_reports_a_broken_configuration_as_failed(project: Path, tmp_path: Path) -> None:
+    claude = tool("claude")
+    (project / "autoresearch.toml").write_text(FAKE_CONFIG + "time_budge = 1\n")
+    out = subprocess.run([str(claude), "mcp", "list"], cwd=project, env=node_env(tmp_path / "home"),
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "autoresearch" in out.stdout and "Failed" in out.stdout, out.stdout + out.stderr
 
 
 def inspector(project: Path, home: Path, *args: str) -> dict[str, Any]:
