@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
+from server.summary import as_float, parse_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiment"
 QUICK_TEXT = "When shall we three meet again, in thunder, lightning, or in rain? " * 400
@@ -41,12 +43,12 @@ def quick_dataset() -> dict[str, str]:
     return {"AUTORESEARCH_CACHE": cache, "AUTORESEARCH_DATASET": "quick", "AUTORESEARCH_MODEL_SIZE": "tiny"}
 
 
-def parse_summary(stdout: str) -> dict[str, str]:
-    """The last `---` block, as the server reads it."""
-    if "\n---\n" not in stdout:
-        return {}
-    block = stdout.rsplit("\n---\n", 1)[1]
-    return {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in block.splitlines() if ":" in ln)}
+def number(summary: dict[str, str], key: str) -> float:
+    """A figure from a summary block read by the server's own parser (server.summary), or a clear stop."""
+    value = as_float(summary, key)
+    if value is None:
+        raise SystemExit(f"train.py's summary has no number for {key!r}: {summary}")
+    return value
 
 
 def run_train(budget: float, extra_env: dict[str, str]) -> dict[str, str]:
@@ -60,7 +62,7 @@ def run_train(budget: float, extra_env: dict[str, str]) -> dict[str, str]:
         stdin=subprocess.DEVNULL,
     )
     summary = parse_summary(result.stdout)
-    if result.returncode != 0 or not summary:
+    if result.returncode != 0 or as_float(summary, "val_bpb") is None:
         raise SystemExit(f"train.py failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return summary
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from _common import EXPERIMENT, fmt, load_prepare, prepare_dataset, quick_dataset, run_train, stats, write_json
+from _common import EXPERIMENT, fmt, load_prepare, number, prepare_dataset, quick_dataset, run_train, stats, write_json
 
 
 def time_prepare(args: list[str]) -> tuple[float, float]:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = [loader_tokens_per_s(prepare, args.batch, prepare.MAX_SEQ_LEN, seconds) for _ in range(args.repeats)]
     budget = 2.0 if args.quick else args.train_budget
     summaries = [run_train(budget, env) for _ in range(1 if args.quick else args.repeats)]
-    train = [float(s["total_tokens_M"]) * 1e6 / float(s["training_seconds"]) for s in summaries]
+    train = [number(s, "total_tokens_M") * 1e6 / number(s, "training_seconds") for s in summaries]
     result = {
         "dataset": str(prepare.dataset_dir()),
         "quick": args.quick,

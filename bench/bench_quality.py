@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import numpy as np
-from _common import fmt, load_prepare, prepare_dataset, quick_dataset, run_train, stats, write_json
+from _common import fmt, load_prepare, number, prepare_dataset, quick_dataset, run_train, stats, write_json
 
 COMPRESSORS = {
     "gzip -9": ["gzip", "-9", "-c"],
@@ -55,9 +55,11 @@ def model_runs(budgets: list[float], repeats: int, env: dict[str, str]) -> dict[
     for budget in budgets:
         summaries = [run_train(budget, env) for _ in range(repeats)]
         runs[f"{budget:g}"] = {
-            "val_bpb": stats([float(s["val_bpb"]) for s in summaries]),
-            "tokens_per_s": stats([float(s["total_tokens_M"]) * 1e6 / float(s["training_seconds"]) for s in summaries]),
-            "num_steps": stats([float(s["num_steps"]) for s in summaries]),
+            "val_bpb": stats([number(s, "val_bpb") for s in summaries]),
+            "tokens_per_s": stats(
+                [number(s, "total_tokens_M") * 1e6 / number(s, "training_seconds") for s in summaries]
+            ),
+            "num_steps": stats([number(s, "num_steps") for s in summaries]),
             "summaries": summaries,
         }
     return runs

@@ -20,7 +20,8 @@ from session import Call, call, checked, mcp_name
 
 RUN_RESULT_CAP = 1500  # bytes of one run_experiment result
 HISTORY_CAP = 8000  # bytes of get_history over 100 runs
-RECOVERY_FACTOR = 5.0
+RECENT_ROWS = 15  # get_history's default limit; the shell side reads as many rows with `tail`
+ALL_ROWS = 500  # get_history's largest limit; the shell side reads every row with `cat`
 REAL_EDITS = [  # (line pattern, new line, idea, keep): one-line edits found in the current train.py
     (r"^MATRIX_LR = [^#\n]*", "MATRIX_LR = 0.04  ", "double the Muon learning rate", True),
     (r"^WARMDOWN_RATIO = [^#\n]*", "WARMDOWN_RATIO = 0.3  ", "shorter warmdown (0.3 of the budget)", False),
@@ -70,9 +71,9 @@ class OurAgent:
             await self.tool("discard")
         return "crash" if status != "ok" else ("keep" if keep else "discard")
 
-    async def recover(self) -> None:
+    async def recover(self, limit: int | None = None) -> None:
         """What the search stands at: the best run, what was tried, what awaits a decision or runs now."""
-        await self.tool("get_history")
+        await self.tool("get_history", **({} if limit is None else {"limit": limit}))
 
     async def read_script(self) -> None:
         await self.tool("read_train")
@@ -101,6 +102,20 @@ def _phase(ledger: Ledger, start: int) -> dict[str, int]:
     return part.totals()
 
 
+async def recoveries(ours: OurAgent, shell: ShellAgent) -> dict[str, Any]:
+    """Recovery after a lost context, like with like: the latest rows on both sides (get_history against
+    `tail -n 15 results.tsv`), then every row on both sides (get_history(limit=500) against `cat results.tsv`).
+    Both sides also read what else they need: ours the best, counts and state in the same call; the shell
+    side `git log`, `git status` and the end of run.log."""
+    out: dict[str, Any] = {}
+    for kind, limit, rows in (("latest", None, RECENT_ROWS), ("all", ALL_ROWS, None)):
+        marks = (len(ours.ledger.calls), len(shell.ledger.calls))
+        await ours.recover(limit)
+        shell.recover(rows)
+        out[kind] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}
+    return out
+
+
 async def scripted(ours_repo: BenchRepo, shell: ShellAgent, ideas: list[tuple[str, str, str, bool]]) -> dict:
     """Baseline, kept, discarded, crashed; then recovery after a lost context, on both sides."""
     out: dict[str, Any] = {}
@@ -111,10 +126,7 @@ async def scripted(ours_repo: BenchRepo, shell: ShellAgent, ideas: list[tuple[st
             status = (await ours.iteration(old, new, idea, keep), shell.iteration(old, new, idea, keep))
             out[kind] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1]),
                          "status": {"ours": status[0], "shell": status[1]}}  # fmt: skip
-        marks = (len(ours.ledger.calls), len(shell.ledger.calls))
-        await ours.recover()
-        shell.recover()
-        out["recovery"] = {"ours": _phase(ours.ledger, marks[0]), "shell": _phase(shell.ledger, marks[1])}
+        out["recovery"] = await recoveries(ours, shell)
         marks = (len(ours.ledger.calls), len(shell.ledger.calls))
         await ours.read_script()
         shell.read_script()
@@ -154,13 +166,7 @@ async def long_history(ours_repo: BenchRepo, shell: ShellAgent, checkpoints: lis
                 continue
             if done == checkpoints[0]:
                 out["history_100_bytes"] = len((await checked(client, "get_history", limit=100)).text.encode())
-            marks = (len(ours.ledger.calls), len(shell.ledger.calls))
-            await ours.recover()
-            shell.recover()
-            out["recovery_at"][str(done)] = {
-                "ours": _phase(ours.ledger, marks[0]),
-                "shell": _phase(shell.ledger, marks[1]),
-            }
+            out["recovery_at"][str(done)] = await recoveries(ours, shell)
     out["run_result_bytes"] = summarize([float(b) for b in ours.run_results])
     return out
 
@@ -170,12 +176,11 @@ def verdicts(scripted_out: dict[str, Any], hist: dict[str, Any]) -> dict[str, An
     worst_run = max(scripted_out["run_result_bytes"]["max"], hist["run_result_bytes"]["max"])
     points = [("scripted (4 runs)", scripted_out["recovery"])]
     points += [(f"{n} runs", r) for n, r in hist["recovery_at"].items()]
-    ratios = {name: r["shell"]["bytes"] / r["ours"]["bytes"] for name, r in points}
+    ratios = {kind: {name: r[kind]["shell"]["bytes"] / r[kind]["ours"]["bytes"] for name, r in points}
+              for kind in ("latest", "all")}  # fmt: skip
     return {"never_more_per_iteration": all(per_iteration.values()), "per_iteration": per_iteration,
             "max_run_result_bytes": worst_run, "run_result_bounded": worst_run < RUN_RESULT_CAP,
-            "history_bounded": hist["history_100_bytes"] < HISTORY_CAP, "recovery_ratio": ratios,
-            "recovery_factor": RECOVERY_FACTOR,
-            "recovery_5x": all(r >= RECOVERY_FACTOR for r in ratios.values())}  # fmt: skip
+            "history_bounded": hist["history_100_bytes"] < HISTORY_CAP, "recovery_ratio": ratios}  # fmt: skip
 
 
 def run(quick: bool) -> dict[str, Any]:

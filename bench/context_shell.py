@@ -113,10 +113,10 @@ class ShellAgent:
             self.bash("git reset --hard HEAD~1")
         return status
 
-    def recover(self) -> None:
-        """After a lost context, what the search stands at: the results so far, the recent commits, whether an
-        edit or a run was in flight when the context was lost."""
-        self.bash("cat results.tsv")
+    def recover(self, rows: int | None = None) -> None:
+        """After a lost context, what the search stands at: the results (every row, or the latest `rows`), the
+        recent commits, whether an edit or a run was in flight when the context was lost."""
+        self.bash("cat results.tsv" if rows is None else f"tail -n {rows} results.tsv")
         self.bash("git log --oneline -20")
         self.bash("git status --short")
         self.bash("tail -n 5 run.log")

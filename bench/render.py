@@ -26,9 +26,24 @@ def header(res: dict[str, Any]) -> str:
         "# Benchmark results",
         f"Written by `{res['command']}` ({'quick, tiny setting' if res['quick'] else 'full setting'}) in "
         f"{res['elapsed_s']:.0f} s. Figures are `median (min–max, n=repeats)`. The machine is shared (other "
-        "processes ran at the same time, see the load average), so single runs are noisy: compare medians.",
+        "processes ran at the same time, see the load average), so single runs are noisy: compare medians. "
+        "Each section ends with the commit, settings, machine and load that produced its figures"
+        + (" (sections kept by --merge come from earlier runs)." if res.get("merge") else ".")
+        + (f" Left out: {', '.join(res['dropped'])}, written before figures carried their provenance."
+           if res.get("dropped") else ""),
         table(["machine", ""], rows),
     ])  # fmt: skip
+
+
+def provenance(p: dict[str, Any]) -> str:
+    """The line under a section that says exactly what produced its figures."""
+    m, s = p["machine"], p["settings"]
+    tree = "with uncommitted changes" if p["dirty"] else "clean tree"
+    settings = ", ".join(f"{k}={v}" for k, v in s.items() if v is not None and v is not False) or "defaults"
+    return (
+        f"*Measured at commit `{p['commit']}` ({tree}), settings: {settings}, by `{p['command']}` on "
+        f"{m['date']}, {m['cpu']} ({m['cores']} cores), load average {p['load'][0]:.2f} → {p['load'][1]:.2f}.*"
+    )
 
 
 def overhead(res: dict[str, Any]) -> str:
@@ -87,28 +102,38 @@ def _side(s: dict[str, int]) -> str:
     return f"{s['bytes']} B / {s['tokens']} tok ({s['calls']} calls)"
 
 
-def recovery_verdict(r: dict[str, Any]) -> str:
-    """Met or not at each history length: at a handful of runs the framing of one call is a large share of the
-    shell side's whole recovery, so the verdict is given point by point rather than as one word."""
-    factor = r.get("recovery_factor", 5.0)
-    met = [k for k, v in r["recovery_ratio"].items() if v >= factor]
-    missed = [k for k, v in r["recovery_ratio"].items() if v < factor]
-    if not missed:
-        return "met"
-    return (f"met at {', '.join(met)}; " if met else "") + f"**not met** at {', '.join(missed)}"
+RECOVERY_SEES = {  # what each side has in front of it after recovering, so the byte counts compare fairly
+    "latest": ("get_history: the latest 15 runs as rows, plus the best run (however old), the count of every "
+               "outcome, the run awaiting a decision and the run in flight",
+               "`tail -n 15 results.tsv`: the latest 15 rows (no header); the best only if it is among them "
+               "(git log shows kept commits' messages, not their metric); no counts; git status and the end of "
+               "run.log show an unfinished edit or run"),
+    "all": ("get_history(limit=500): every run as a row (descriptions shortened to keep the rows near 6 KB), "
+            "plus the same best, counts and state",
+            "`cat results.tsv`: every row in full; the best, the counts and the state are the agent's to work out "
+            "from the rows, git log, git status and run.log"),
+}  # fmt: skip
+
+
+def _recovery_rows(sc: dict[str, Any], hd: dict[str, Any]) -> list[list[str]]:
+    points = [("4 runs (scripted)", sc["recovery"])] + [(f"{n} runs", p) for n, p in hd["recovery_at"].items()]
+    rows = []
+    for kind, label in (("latest", "latest 15 rows"), ("all", "every row")):
+        for name, point in points:
+            o, s = point[kind]["ours"], point[kind]["shell"]
+            rows.append([f"recovery, {label}, after {name}", _side(o), _side(s), f"{s['bytes'] / o['bytes']:.2f}"])
+    return rows
 
 
 def context(r: dict[str, Any]) -> str:
     sc, hd = r["scripted"], r["hundred"]
     rows = []
-    for kind in ["kept", "discarded", "crashed", "recovery", "script"]:
+    for kind in ["kept", "discarded", "crashed", "script"]:
         o, s = sc[kind]["ours"], sc[kind]["shell"]
-        label = {"recovery": "recovery of the search state", "script": "reading train.py (both, before an edit)"}
+        label = {"script": "reading train.py (both, before an edit)"}
         rows.append([label.get(kind, kind), _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
-    for runs, point in hd["recovery_at"].items():
-        o, s = point["ours"], point["shell"]
-        rows.append([f"recovery after {runs} runs", _side(o), _side(s), f"{o['bytes'] / s['bytes']:.2f}"])
-    ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in r["recovery_ratio"].items())
+    sees = table(["recovery", "ours sees", "the shell side sees"],
+                 [[kind, ours, shell] for kind, (ours, shell) in RECOVERY_SEES.items()])  # fmt: skip
     checks = [
         ["never more than the shell protocol per iteration",
          ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in r["per_iteration"].items()),
@@ -117,23 +142,26 @@ def context(r: dict[str, Any]) -> str:
          f"{sc['run_result_bytes']['median']:.0f} B)", verdict(r["run_result_bounded"])],
         [f"get_history(limit=100) of {hd['runs']} runs under 8 KB", f"{hd['history_100_bytes']} B",
          verdict(r["history_bounded"])],
-        ["recovery at least 5x cheaper (shell / ours)", ratios, recovery_verdict(r)],
     ]  # fmt: skip
     return "\n\n".join([
         "## 3. Context economy: our tools vs. the original's shell protocol",
         f"Both sides really run, on {r['train_py']}, with the same scripted one-line ideas. Shell side: Claude "
         "Code's Edit (old_string/new_string, short result), `git commit -am`, `python train.py > run.log 2>&1`, "
         "`grep \"^val_bpb:\\|^peak_memory_mb:\" run.log`, `tail -n 50 run.log` on a crash, an `echo -e ... >> "
-        "results.tsv` row, `git reset --hard HEAD~1` unless kept; recovery of the search state after a lost "
-        "context (the best run, what was tried, whether an edit or a run was in flight) is `cat results.tsv`, "
-        "`git log --oneline -20`, `git status --short` and `tail -n 5 run.log`. Our side: write_train (edits), "
-        "run_experiment, keep/discard; recovery is get_history (default: the latest 15 runs). Reading train.py "
-        "before the next edit (Read, `cat -n` style, vs read_train) is the same work on both sides and is shown apart. "
+        "results.tsv` row, `git reset --hard HEAD~1` unless kept. Our side: write_train (edits), run_experiment, "
+        "keep/discard. Reading train.py before the next edit (Read, `cat -n` style, vs read_train) is the same "
+        "work on both sides and is shown apart. "
         "Counting rule, same for both: each call costs its tool_use block `{type, id, name, input}` plus its "
         "tool_result block `{type, tool_use_id, content}` as compact UTF-8 JSON (our tool names are "
         "`mcp__autoresearch__*`; our content is the server's text content, compact JSON). A failed Bash "
         f"command's result starts with `Exit code N`; an empty output counts as empty. Tokens: {r['tokenizer']}.",
         table(["iteration", "ours", "shell", "ours / shell"], rows),
+        "Recovering the search state after a lost context (the best run, what was tried, whether an edit or a "
+        "run was in flight) is measured twice, like with like: the latest rows on both sides, and every row on "
+        "both sides. The shell side adds `git log --oneline -20`, `git status --short` and `tail -n 5 run.log` "
+        "to either. What each side then has in front of it:",
+        sees,
+        table(["recovery", "ours", "shell", "shell / ours"], _recovery_rows(sc, hd)),
         table(["target", "measured", "verdict"], checks),
         f"One-time cost, not per iteration: our six tool definitions are {sc['tool_definitions_bytes']} B of "
         "JSON schema in the agent's context (Claude Code's Bash/Edit/Read are there on both sides).",

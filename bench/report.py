@@ -63,10 +63,16 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def _git_head(root: Path) -> str:
+def git_state(root: Path) -> tuple[str, bool]:
+    """The checked-out commit (short) and whether the tree has uncommitted changes."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
-    return out.stdout.strip() + (" (with uncommitted changes)" if dirty.strip() else "")
+    return out.stdout.strip(), bool(dirty.strip())
+
+
+def _git_head(root: Path) -> str:
+    commit, dirty = git_state(root)
+    return commit + (" (with uncommitted changes)" if dirty else "")
 
 
 def machine(root: Path) -> dict[str, str]:

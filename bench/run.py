@@ -1,10 +1,13 @@
 """The benchmark suite, one command: what the loop costs and what it buys.
 
-    python bench/run.py            # full: about 15-30 minutes on 2 CPU cores
-    python bench/run.py --quick    # tiny setting, for the smoke test
-    python bench/run.py --only overhead context --out /tmp/bench
+    python bench/run.py            # full: about 15-30 minutes on 2 CPU cores; writes bench/RESULTS.md
+    python bench/run.py --quick    # tiny setting, for the smoke test; writes bench/out/quick/
+    python bench/run.py --only overhead context --merge   # re-measure two parts, keep the others' figures
 
-Writes RESULTS.md and results.json (into bench/ unless --out says otherwise).
+Writes RESULTS.md and results.json: a full run into bench/ (the committed figures), a quick one into
+bench/out/quick/ (ignored by git), either into --out when given. Every part's figures carry their own
+provenance (commit, uncommitted changes, settings, machine, load average), so a --merge of parts measured
+at different commits says which commit produced which figure.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import overhead
 import render
 import throughput
 from labrepo import PYTHON, ROOT
-from report import machine
+from report import git_state, machine
 
 PARTS = ["overhead", "throughput", "context", "quality", "data"]
+BENCH = Path(__file__).parent
+QUICK_OUT = BENCH / "out" / "quick"  # quick figures are for smoke tests: never over the committed ones by default
 EXTERNAL = {"quality": ("bench_quality.py", "4. Baseline quality"), "data": ("bench_data.py", "5. Data pipeline")}
 
 
@@ -66,8 +71,10 @@ def markdown(res: dict[str, Any]) -> str:
     parts = [render.header(res)]
     for name, draw in (("overhead", render.overhead), ("throughput", render.throughput), ("context", render.context)):
         if name in res:
-            parts.append(f"## {name}\n\nFailed: {res[name]['error']}" if "error" in res[name] else draw(res[name]))
-    parts += [render.external(EXTERNAL[p][1], res[p]) for p in ("quality", "data") if p in res]
+            body = f"## {name}\n\nFailed: {res[name]['error']}" if "error" in res[name] else draw(res[name])
+            parts.append(body + "\n\n" + render.provenance(res["provenance"][name]))
+    parts += [render.external(EXTERNAL[p][1], res[p]) + "\n\n" + render.provenance(res["provenance"][p])
+              for p in ("quality", "data") if p in res]  # fmt: skip
     missing = [p for p in PARTS if p not in res]
     if missing:
         parts.append("Not run in this invocation (see `--only`): " + ", ".join(missing) + ".")
@@ -78,31 +85,58 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny setting: seconds, not minutes")
     p.add_argument("--only", nargs="+", choices=PARTS, default=PARTS, help="run only these parts")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent, help="folder for RESULTS.md, results.json")
-    p.add_argument("--merge", action="store_true", help="keep the parts not run from the existing results.json")
+    p.add_argument("--out", type=Path, help=f"folder for RESULTS.md, results.json (default: bench/, or "
+                   f"{QUICK_OUT.relative_to(BENCH.parent)}/ with --quick)")  # fmt: skip
+    p.add_argument("--merge", action="store_true", help="keep the parts not run from the existing results.json, "
+                   "each with its own commit and settings")  # fmt: skip
     p.add_argument("--iterations", type=int, help="throughput iterations (default 3; quick 1)")
     p.add_argument("--budget", type=float, help="throughput budget in seconds (default 60; quick 1)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.out = args.out or (QUICK_OUT if args.quick else BENCH)
+    return args
+
+
+def provenance(args: argparse.Namespace, load_start: float) -> dict[str, Any]:
+    """Where one part's figures come from: enough to tell them apart from any other part's after a --merge."""
+    commit, dirty = git_state(ROOT)
+    settings = {"quick": args.quick, "iterations": args.iterations, "budget": args.budget}
+    command = " ".join(["python bench/run.py", *args.argv])
+    return {"commit": commit, "dirty": dirty, "settings": settings, "machine": machine(ROOT),
+            "load": [load_start, os.getloadavg()[0]], "command": command}  # fmt: skip
+
+
+def merged(previous: dict[str, Any], res: dict[str, Any]) -> dict[str, Any]:
+    """The earlier parts that say where they come from, with their provenance; parts written before figures
+    carried their own provenance cannot say which commit produced them, so they are left out, and named."""
+    known = previous.get("provenance", {})
+    kept = [p for p in PARTS if p in previous and p in known]
+    res.update({p: previous[p] for p in kept})
+    res["provenance"] = {p: known[p] for p in kept}
+    res["dropped"] = [p for p in PARTS if p in previous and p not in known]
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
     started, load_start = time.perf_counter(), os.getloadavg()[0]
     res: dict[str, Any] = {"command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                           "quick": args.quick, "machine": machine(ROOT)}  # fmt: skip
+                           "quick": args.quick, "merge": args.merge, "machine": machine(ROOT)}  # fmt: skip
+    res["provenance"] = {}
     previous = args.out / "results.json"
-    if args.merge and previous.exists():  # keep the other parts' figures from the last run
-        res = {**{k: v for k, v in json.loads(previous.read_text()).items() if k in PARTS}, **res}
+    if args.merge and previous.exists():  # keep the other parts' figures from the last run, with their provenance
+        res = merged(json.loads(previous.read_text()), res)
     failed = False
     for part in args.only:
         log(f"{part} ...")
-        part_started = time.perf_counter()
+        part_started, part_load = time.perf_counter(), os.getloadavg()[0]
         try:
             res[part] = run_part(part, args)
         except Exception as exc:  # noqa: BLE001 - one broken part must not lose the others' figures
             res[part], failed = {"error": f"{type(exc).__name__}: {exc}"}, True
             log(f"{part} failed: {traceback.format_exc()}")
+        res["provenance"][part] = provenance(args, part_load)
         log(f"{part} done in {time.perf_counter() - part_started:.0f} s")
         res.update(elapsed_s=time.perf_counter() - started, load=[load_start, os.getloadavg()[0]])
         (args.out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")

@@ -449,7 +449,8 @@ def default_name(source: str, vocab_size: int, byte_level: bool, num_shards: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="One-time data and tokenizer preparation for autoresearch.")
+    about = "One-time data and tokenizer preparation for autoresearch."
+    p = argparse.ArgumentParser(prog=os.environ.get("AUTORESEARCH_PROG"), description=about)  # the CLI names itself
     p.add_argument("--source", choices=["shakespeare", "climbmix", "files"], default="shakespeare")
     p.add_argument("--paths", nargs="+", default=[], help="text files or directories (--source files)")
     group = p.add_mutually_exclusive_group()

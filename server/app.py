@@ -25,6 +25,7 @@ from server.edits import Edit
 from server.errors import AutoresearchError
 from server.loop import Lab
 from server.runner import kill_all_now
+from server.text import clean_description, what_failed
 
 log = logging.getLogger("autoresearch")
 T = TypeVar("T")
@@ -56,6 +57,8 @@ async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         state.get()
     except AutoresearchError as exc:  # reported by every tool call until it is fixed
         log.warning("not ready: %s", exc)
+    except Exception as exc:  # git or the OS: every tool call reports it too, as a sentence
+        log.warning("not ready: %s", what_failed(exc), exc_info=True)
     yield state
 
 
@@ -78,6 +81,10 @@ async def call(ctx: Context[AppState], fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(lambda: fn(lab, *args))
     except AutoresearchError as exc:
         raise ToolError(str(exc)) from exc
+    except Exception as exc:  # git, the OS, a bug: the SDK would send only "Error executing tool"
+        log.exception("tool call failed")
+        raise ToolError(f"{what_failed(exc)}; tell the user, who can fix it (the server's log on stderr has the "
+                        "details), then call the tool again.") from exc  # fmt: skip
 
 
 def compact(result: BaseModel) -> CallToolResult:
@@ -104,7 +111,10 @@ async def write_train(
     content: Annotated[str | None, Field(description="the whole new file; or use edits")] = None,
     edits: Annotated[
         list[views.EditIn] | None,
-        Field(description="exact search/replace pairs applied in order; each `old` must occur exactly once"),
+        Field(
+            description="exact search/replace pairs; each `old` must occur exactly once in the file as it is "
+            "now (not in what another edit writes), and no two may overlap"
+        ),
     ] = None,
 ) -> Annotated[CallToolResult, views.WriteResult]:
     """Change the training script (the only file you may change). Send `edits` for small changes or `content`
@@ -123,7 +133,7 @@ async def run_experiment(
     (minutes) and returns the metric, its change against the best, and on failure the end of the log.
     Afterwards call keep or discard."""
     lab_state = ctx.request_context.lifespan_context
-    active = await call(ctx, Lab.start_run, description)
+    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text)), description)
     lab = lab_state.get()
     try:
         started = time.monotonic()

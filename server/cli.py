@@ -6,25 +6,59 @@ Every error a user can make ends with one sentence on stderr and a non-zero exit
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import git
 from rich.console import Console
 
 from server.config import Config, load_config
-from server.errors import AutoresearchError, ConfigError
+from server.errors import AutoresearchError, ConfigError, RepoError
 from server.history import History
+from server.text import clean_description, what_failed
 
 EXIT_USER_ERROR = 2
+PIPE_WIDTH = 200  # rich draws for 80 columns when stdout is not a terminal; a pipe or a file has no width
 err = Console(stderr=True)
-out = Console()
+out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=PIPE_WIDTH)
+# The domain's messages are written for the agent and name its tools; a person at the terminal has commands.
+FOR_PERSON = [
+    ("call keep or discard before run_experiment", "run `autoresearch keep` or `autoresearch discard` first"),
+    ("call keep or discard", "run `autoresearch keep` or `autoresearch discard`"),
+    ("call run_experiment first", "run `autoresearch run` first"),
+    ("keep with force=true needs a reason", "`autoresearch keep --force` needs --reason"),
+    ("keep with force=true and a reason", "run `autoresearch keep --force --reason TEXT`"),
+    ("call discard", "run `autoresearch discard`"),
+    ("wait, then call get_history", "wait, then see `autoresearch history`"),
+    ("write_train a new version", "write a new version"),
+]
+
+
+def for_person(message: str) -> str:
+    """The message with each tool call the agent would make replaced by the command a person would run."""
+    for tool_words, command_words in FOR_PERSON:
+        message = message.replace(tool_words, command_words)
+    return message
+
+
+def find_root(start: Path) -> Path:
+    """The repository holding `start`: the nearest folder at or above it with a `.git` (a worktree's is a file).
+
+    From a subfolder, the commands work on the project, as git does, rather than asking for a new repository."""
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    raise RepoError(f"{start} is not a git repository, nor inside one; run this in your project's folder "
+                    "or pass --root PATH.")  # fmt: skip
 
 
 def root_of(args: argparse.Namespace) -> Path:
-    return Path(args.root or ".").resolve()
+    return find_root(Path(args.root or ".").resolve())
 
 
 def history_of(args: argparse.Namespace) -> tuple[Config, History]:
@@ -37,8 +71,13 @@ def history_of(args: argparse.Namespace) -> tuple[Config, History]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from server.app import serve
+    """Serve, unless the configuration is broken: exiting with its sentence on stderr is what makes a client
+    (`claude mcp list`) show the server as failed. Anything fixable later (no data yet) does not stop it."""
+    from server.app import project_root, serve
 
+    if args.root:
+        os.environ["AUTORESEARCH_ROOT"] = str(Path(args.root).resolve())
+    load_config(project_root())
     serve()
     return 0
 
@@ -48,7 +87,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     script = root_of(args) / "experiment" / "prepare.py"
     if not script.exists():
         raise ConfigError(f"{script} does not exist; run this in the repository root.")
-    return subprocess.call([sys.executable, str(script), *args.prepare_args], cwd=root_of(args))
+    env = {**os.environ, "AUTORESEARCH_PROG": "autoresearch prepare"}  # its --help names this command
+    return subprocess.call([sys.executable, str(script), *args.prepare_args], cwd=root_of(args), env=env)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -58,12 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from server.loop import Lab
     from server.views import run_result
 
+    description = clean_description(args.description)
     root = root_of(args)
     lab = Lab(root, load_config(root))
     problem = data_problem(root)
     if problem:
         raise ConfigError(problem)
-    record = run_with_progress(lab, args.description, out)
+    record = run_with_progress(lab, description, out)
     result = run_result(lab, record)
     out.print_json(result.model_dump_json())
     return 0 if record.status == "ok" else 1
@@ -87,7 +128,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print(table.to_json(runs))
     elif args.tsv:
-        print(table.to_tsv(runs), end="")
+        print(table.to_tsv(runs, config.metric), end="")
     else:
         out.print(table.render_table(runs[-args.limit :], config.metric, heading=table.title(runs)))
     return 0
@@ -166,9 +207,18 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("autoresearch-mcp")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=None, help="the repository (default: current directory)")
+    parser.add_argument("--root", type=Path, default=None, help="the repository (default: the one holding the "
+                        "current directory)")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         # prepare's options, --help included, belong to experiment/prepare.py
@@ -186,11 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command][0](args)
     except AutoresearchError as exc:
-        err.print(f"autoresearch {args.command}: {exc}", markup=False, highlight=False, soft_wrap=True)
-        return EXIT_USER_ERROR
+        return fail(args.command, for_person(str(exc)))
+    except (git.GitCommandError, OSError) as exc:  # the machine's problem, not a bug: one sentence, no traceback
+        return fail(args.command, f"{what_failed(exc)}; fix that and run the command again.")
     except KeyboardInterrupt:
         err.print(f"autoresearch {args.command}: interrupted after {time.monotonic() - started:.0f}s")
         return 130
+
+
+def fail(command: str, sentence: str) -> int:
+    err.print(f"autoresearch {command}: {sentence}", markup=False, highlight=False, soft_wrap=True)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
+import annotated_types
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from server.errors import ConfigError
 
@@ -130,12 +133,53 @@ def load_config(root: Path) -> Config:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{CONFIG_NAME} is not valid TOML ({exc}); fix it and restart.") from exc
         data = dict(raw.get("autoresearch", raw))
-    overrides = {key: os.environ[var] for var, key in ENV_OVERRIDES.items() if os.environ.get(var)}
-    data.update(overrides)
+    origins = {key: CONFIG_NAME for key in data}
+    overrides = {}
+    for var, key in ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            data[key], origins[key] = os.environ[var], f"the environment variable {var}"
+            overrides[key] = os.environ[var]
     data["overrides"] = overrides
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{CONFIG_NAME}: {where}: {first['msg']}; fix it and restart.") from exc
+        raise ConfigError(plain_error(exc.errors()[0], origins) + "; fix it and restart.") from exc
+
+
+def plain_error(error: ErrorDetails, origins: dict[str, str]) -> str:
+    """A validation error in words for the person who wrote the file: the key, what it must be, the value given."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    where = origins.get(key, CONFIG_NAME)
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, list(Config.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where} has an unknown key {key!r}{hint}; the keys are {', '.join(Config.model_fields)}"
+    path = ".".join(str(part) for part in error["loc"])
+    given = f", not {error['input']!r}" if error["type"] != "missing" else ""
+    if error["type"] == "value_error":  # a validator's own sentence, already in plain words
+        return f"{where}: {str(error['msg']).removeprefix('Value error, ')}{given}"
+    what = "text, in quotes" if len(error["loc"]) > 1 else expected(key)  # an item of a list or table
+    return f"{where}: {path} must be {what}{given}"
+
+
+def expected(key: str) -> str:
+    """What a key's value must be, in words: its kind, its bounds and what it means."""
+    field = Config.model_fields[key]
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        kind = "one of " + " or ".join(repr(choice) for choice in get_args(annotation))
+    else:
+        kind = _KINDS.get(annotation, "a value of the documented kind")
+    bounds = [f"above {m.gt:g}" for m in field.metadata if isinstance(m, annotated_types.Gt)]
+    bounds += [f"of at least {m.ge:g}" for m in field.metadata if isinstance(m, annotated_types.Ge)]
+    meaning = f" ({field.description})" if field.description else ""
+    return " ".join([kind, *bounds]) + meaning
+
+
+_KINDS: dict[object, str] = {
+    str: "text",
+    float: "a number",
+    int: "a whole number",
+    list[str]: 'a list of strings, e.g. ["a.py", "b.py"]',
+    dict[str, str]: 'a table of strings, e.g. [autoresearch.env] NAME = "value"',
+}

@@ -157,7 +157,8 @@ def run_demo(root: Path, experiments: int, budget: float, out: str, console: Con
         raise InvalidInputError("--experiments must be at least 1 and --budget above 0.")
     repo = gitops.open_repo(root)
     root = Path(repo.working_tree_dir or root)
-    state_name = load_config(root).state_dir
+    config = load_config(root)
+    state_name = config.state_dir
     state = root / state_name
     gitops.exclude(repo, state_name)
     with RepoLock(state / "demo.lock").hold("demo"):
@@ -172,7 +173,7 @@ def run_demo(root: Path, experiments: int, budget: float, out: str, console: Con
             anyio.run(_drive, server_params(root, worktree, env), console, experiments, random.Random(seed))
         finally:
             repo.git.worktree("remove", "--force", str(worktree))
-    return report(History(state / tag), root / out, console, tag)
+    return report(History(state / tag), root / out, console, tag, config.metric, config.direction)
 
 
 async def _drive(params: StdioServerParameters, console: Console, experiments: int, rng: random.Random) -> None:
@@ -180,9 +181,10 @@ async def _drive(params: StdioServerParameters, console: Console, experiments: i
         await DemoAgent(client, console, rng).loop(experiments)
 
 
-def report(history: History, png: Path, console: Console, tag: str) -> int:
+def report(history: History, png: Path, console: Console, tag: str, metric: str, direction: str) -> int:
+    """The history table and the chart, in the configured metric and direction."""
     runs = history.runs()
-    console.print(table.render_table(runs))
-    plot_progress(runs, png)
+    console.print(table.render_table(runs, metric))
+    plot_progress(runs, png, metric, direction)
     console.print(f"wrote {png}; the best code is on branch {gitops.run_branch(tag)}")
     return 0

@@ -16,19 +16,34 @@ class Edit:
 
 
 def apply_edits(text: str, edits: list[Edit]) -> str:
-    """Apply search/replace edits in order; each `old` must match exactly once."""
-    for number, edit in enumerate(edits, 1):
-        if not edit.old:
-            raise InvalidInputError(f"edit {number}: `old` is empty; give the exact text to replace.")
-        count = text.count(edit.old)
-        if count != 1:
-            found = "matches nothing" if count == 0 else f"matches {count} times"
-            raise InvalidInputError(
-                f"edit {number}: `old` {found}; call read_train and copy the exact text, with enough "
-                "surrounding lines to make it unique. Nothing was written."
-            )
-        text = text.replace(edit.old, edit.new, 1)
-    return text
+    """Apply search/replace edits as one change: every `old` is found in `text` as it is now, exactly once, and
+    no two overlap; so an edit never matches what an earlier edit wrote, and the order does not matter."""
+    spans = sorted((*_locate(text, edit, number), number) for number, edit in enumerate(edits, 1))
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+        if start < end:
+            low, high = sorted((first, second))
+            raise InvalidInputError(f"edits {low} and {high} overlap (each `old` is found in the file as it was "
+                                    "before any edit); merge them into one edit. Nothing was written.")  # fmt: skip
+    pieces, done = [], 0
+    for start, end, number in spans:
+        pieces += [text[done:start], edits[number - 1].new]
+        done = end
+    return "".join([*pieces, text[done:]])
+
+
+def _locate(text: str, edit: Edit, number: int) -> tuple[int, int]:
+    """Where edit `number`'s `old` is in the text: its one occurrence, else a refusal saying why."""
+    if not edit.old:
+        raise InvalidInputError(f"edit {number}: `old` is empty; give the exact text to replace. Nothing was written.")
+    count = text.count(edit.old)
+    if count != 1:
+        found = "matches nothing" if count == 0 else f"matches {count} times"
+        raise InvalidInputError(
+            f"edit {number}: `old` {found} in the file as it is before any edit; call read_train and copy the "
+            "exact text, with enough surrounding lines to make it unique. Nothing was written."
+        )
+    start = text.index(edit.old)
+    return start, start + len(edit.old)
 
 
 def validate_source(text: str, name: str, max_bytes: int) -> bytes:

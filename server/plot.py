@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import uuid
 from pathlib import Path
 
 # Figure + the Agg canvas directly, never pyplot: no global backend to switch (and no warning about it),
@@ -14,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
-from server.history import RunRecord, atomic_write
-from server.table import counts, outcome, shorten
+from server.errors import StorageError
+from server.history import RunRecord
+from server.table import count_words, outcome, shorten
 
 KEEP_COLOR = "#2ca02c"
 DISCARD_COLOR = "#9e9e9e"
@@ -39,9 +42,8 @@ def running_best(runs: list[RunRecord], direction: str = "minimize") -> list[tup
 
 
 def chart_title(runs: list[RunRecord], best: float | None) -> str:
-    """'N experiments, K kept, D discarded, C crashed — best 2.4123'."""
-    c = counts(runs)
-    text = f"{c['runs']} experiments, {c['kept']} kept, {c['discarded']} discarded, {c['crashed']} crashed"
+    """'N experiments, K kept, D discarded, C crashed[, O over budget ...] — best 2.4123'."""
+    text = count_words(runs, "experiment")
     return text + (f" — best {best:.4f}" if best is not None else "")
 
 
@@ -54,7 +56,8 @@ def _scatter(ax: Axes, runs: list[RunRecord], kind: str, **style: object) -> Non
 
 def _crashes(ax: Axes, runs: list[RunRecord]) -> None:
     """Runs without a metric as red crosses along the top edge: x in data, y in axes coordinates."""
-    failed = [r.id for r in runs if not _finite(r) and outcome(r) != "running"]
+    # every failed run, also one that printed a metric (over budget, tampered): it must not vanish from the chart
+    failed = [r.id for r in runs if outcome(r) == "crash" or (not _finite(r) and outcome(r) != "running")]
     if failed:
         top = blended_transform_factory(ax.transData, ax.transAxes)
         ax.scatter(
@@ -155,5 +158,19 @@ def render_png(runs: list[RunRecord], metric: str = "val_bpb", direction: str = 
 def plot_progress(runs: list[RunRecord], out_path: Path, metric: str = "val_bpb", direction: str = "minimize") -> Path:
     """Draw the chart and write it to `out_path` atomically (temporary sibling + rename)."""
     out_path = Path(out_path)
-    atomic_write(out_path, render_png(runs, metric, direction))
+    write_shared(out_path, render_png(runs, metric, direction))
     return out_path
+
+
+def write_shared(path: Path, data: bytes) -> None:
+    """Write through a temporary sibling and a rename, with the mode any new file gets (0644 less the umask):
+    a chart is for sharing, and history.atomic_write's temporary files are private (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"could not write {path} ({exc.strerror or exc}); check the folder and retry.") from exc

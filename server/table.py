@@ -22,13 +22,34 @@ def outcome(run: RunRecord) -> str:
     return run.tsv_status
 
 
+# Failed runs other than crashes are counted under their own status, as words for a heading.
+FAILED_WORDS = {"timeout": "timed out", "no_metric": "without a metric", "over_budget": "over budget",
+                "cancelled": "cancelled", "interrupted": "interrupted", "tampered": "tampered"}  # fmt: skip
+
+
 def counts(runs: list[RunRecord]) -> dict[str, int]:
-    """How many runs there are, and how many fall into each outcome."""
+    """How many runs there are, and how many ended each way: kept, discarded, crashed, pending, running, and
+    each other failed status under its own name (timeout, over_budget, ...) when there are any."""
     result = {"runs": len(runs), "kept": 0, "discarded": 0, "crashed": 0, "pending": 0, "running": 0}
-    names = {"keep": "kept", "discard": "discarded", "crash": "crashed", "pending": "pending"}
     for run in runs:
-        result[names.get(outcome(run), "running")] += 1
+        key = _count_key(run)
+        result[key] = result.get(key, 0) + 1
     return result
+
+
+def _count_key(run: RunRecord) -> str:
+    if run.status == "ok":
+        return {"keep": "kept", "discard": "discarded"}.get(run.decision or "", "pending")
+    return "crashed" if run.status == "crash" else run.status
+
+
+def count_words(runs: list[RunRecord], noun: str = "run") -> str:
+    """'5 runs, 2 kept, 1 discarded, 1 crashed, 1 over budget': each way a run ended, under its own name."""
+    c = counts(runs)
+    words = [f"{c['runs']} {noun}{'' if c['runs'] == 1 else 's'}", f"{c['kept']} kept",
+             f"{c['discarded']} discarded", f"{c['crashed']} crashed"]  # fmt: skip
+    words += [f"{c[status]} {word}" for status, word in FAILED_WORDS.items() if c.get(status)]
+    return ", ".join(words)
 
 
 def matching(runs: list[RunRecord], text: str | None) -> list[RunRecord]:
@@ -116,9 +137,8 @@ def _style(run: RunRecord) -> str:
 
 def title(runs: list[RunRecord]) -> str:
     """A one-line summary of a history: counts and the best metric."""
-    c = counts(runs)
     best = best_run(runs)
-    text = f"{c['runs']} runs, {c['kept']} kept, {c['discarded']} discarded, {c['crashed']} crashed"
+    text = count_words(runs)
     return text + (f" — best {best.metric:.6f} (#{best.id})" if best and best.metric is not None else "")
 
 
@@ -145,6 +165,7 @@ def to_json(runs: list[RunRecord]) -> str:
     return json.dumps([run.model_dump(mode="json") for run in runs], indent=1)
 
 
-def to_tsv(runs: list[RunRecord]) -> str:
-    """The original's results.tsv: commit, val_bpb, memory_gb, status, description."""
-    return results_tsv(runs)
+def to_tsv(runs: list[RunRecord], metric: str = "val_bpb") -> str:
+    """The original's results.tsv: commit, the metric (val_bpb in the original), memory_gb, status, description."""
+    text = results_tsv(runs)
+    return text if metric == "val_bpb" else text.replace("\tval_bpb\t", f"\t{metric}\t", 1)

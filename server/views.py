@@ -160,7 +160,7 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
         detail = run_detail(lab, found[0])
     pending = lab.pending()
     return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
-                       rows=table.format_rows(shown, limit, match=match), best=best_of(lab),
+                       rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
                        running=running_now(lab), detail=detail)  # fmt: skip
 

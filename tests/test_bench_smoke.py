@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from conftest import REPO_ROOT
+
+from server import summary
 
 QUICK_LIMIT_S = 240  # the tiny setting takes about a minute on 2 shared cores
 
@@ -30,3 +36,35 @@ def test_quick_suite_writes_every_figure(tmp_path: Path) -> None:
             assert "skipped" not in results[part], results[part]
     for heading in ("## 1. Loop overhead", "## 2. Loop throughput", "## 3. Context economy"):
         assert heading in markdown
+    for kind in ("latest", "all"):  # recovery compared like with like, both ways
+        assert results["context"]["scripted"]["recovery"][kind]["shell"]["bytes"] > 0
+    for part in ("overhead", "throughput", "context", "quality", "data"):
+        origin = results["provenance"][part]
+        assert set(origin) >= {"commit", "dirty", "settings", "machine", "load"} and origin["settings"]["quick"]
+    assert markdown.count("*Measured at commit `") == 5  # under every section
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Import a module of bench/ (a folder of scripts, not a package) as its scripts import each other."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "bench"))
+    return importlib.import_module
+
+
+def test_a_quick_run_does_not_write_over_the_committed_figures(bench: Callable[[str], ModuleType]) -> None:
+    run = bench("run")
+    assert run.parse(["--quick"]).out == REPO_ROOT / "bench" / "out" / "quick"
+    assert run.parse([]).out == REPO_ROOT / "bench"
+    assert run.parse(["--quick", "--out", "bench"]).out == Path("bench")  # asked for: allowed
+
+
+def test_a_merge_keeps_each_parts_own_provenance_and_drops_parts_without(bench: Callable[[str], ModuleType]) -> None:
+    earlier = {"commit": "abc1234", "dirty": True, "settings": {"quick": False}, "machine": {}, "load": [1.0, 2.0]}
+    previous = {"overhead": {"sleep": {}}, "context": {"scripted": {}}, "provenance": {"overhead": earlier}}
+    res = bench("run").merged(previous, {"command": "python bench/run.py --only data --merge"})
+    assert res["overhead"] == {"sleep": {}} and res["provenance"] == {"overhead": earlier}
+    assert "context" not in res and res["dropped"] == ["context"]
+
+
+def test_benchmarks_read_summaries_with_the_servers_parser(bench: Callable[[str], ModuleType]) -> None:
+    assert bench("_common").parse_summary is summary.parse_summary

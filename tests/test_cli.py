@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, git, set_mode
+from conftest import FAKE_CONFIG, REPO_ROOT, git, make_fake_repo, set_mode
+from rich.console import Console
 
 from server.config import load_config
-from server.history import RunRecord
+from server.demo import report
+from server.history import History, RunRecord
 from server.loop import Lab
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -166,3 +170,79 @@ def test_demo_runs_the_loop_end_to_end_over_stdio(tmp_path: Path) -> None:
     assert git(repo, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit"]
     assert (repo / "progress.png").read_bytes()[:8] == PNG_SIGNATURE
     assert git(repo, "branch", "--show-current") == "main" and git(repo, "status", "--porcelain") == ""
+
+
+def test_commands_find_the_repository_from_a_subfolder(decided: Lab, repo: Path) -> None:
+    sub = repo / "notes" / "deeper"
+    sub.mkdir(parents=True)
+    shown = cli(sub, "history", "--json")
+    assert shown.returncode == 0 and len(json.loads(shown.stdout)) == 3
+    assert cli(sub, "discard").returncode == 2  # the latest run is decided already: the real repository answered
+    assert not (sub / ".git").exists() and not (repo / "notes" / ".git").exists()
+
+
+def test_run_from_a_subfolder_runs_in_the_repository(repo: Path) -> None:
+    (repo / "sub").mkdir()
+    out = cli(repo / "sub", "run", "from a subfolder")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout[out.stdout.index("{") :])["run_id"] == 1
+
+
+@pytest.mark.parametrize("command", [["history"], ["plot", "--out", "p.png"], ["watch", "--once"]])
+def test_reading_commands_outside_a_repository_are_one_sentence(tmp_path: Path, command: list[str]) -> None:
+    assert "not a git repository, nor inside one" in one_sentence(cli(tmp_path, *command))
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_terminal_messages_name_commands_not_tools(repo: Path) -> None:
+    assert cli(repo, "run", "baseline").returncode == 0
+    pending = one_sentence(cli(repo, "run", "again"))
+    assert "`autoresearch keep` or `autoresearch discard`" in pending
+    assert cli(repo, "keep").returncode == 0
+    (repo / "train.py").write_text(set_mode("ok", 2.0))
+    assert cli(repo, "run", "worse").returncode == 0
+    worse = one_sentence(cli(repo, "keep"))
+    assert "`autoresearch discard`" in worse and "`autoresearch keep --force --reason TEXT`" in worse
+    for message in (pending, worse):
+        assert not re.search(r"read_train|write_train|run_experiment|get_history|call (keep|discard)|=true", message)
+
+
+def test_a_blank_description_is_one_sentence(repo: Path) -> None:
+    assert "only whitespace" in one_sentence(cli(repo, "run", "  \t "))
+
+
+def test_history_table_is_not_cut_when_piped(repo: Path) -> None:
+    description = "widen the MLP to four times the model width, retune the LR"
+    assert cli(repo, "run", description).returncode == 0
+    assert description in cli(repo, "history").stdout
+
+
+def test_one_run_is_one_run(repo: Path) -> None:
+    assert cli(repo, "run", "baseline").returncode == 0
+    assert "1 run, 0 kept" in cli(repo, "history").stdout
+
+
+def test_version_is_printed(tmp_path: Path) -> None:
+    out = cli(tmp_path, "--version")
+    assert out.returncode == 0 and re.fullmatch(r"autoresearch \S+\n", out.stdout)
+
+
+def test_prepare_help_names_the_command(tmp_path: Path) -> None:
+    out = cli(experiment_repo(tmp_path), "prepare", "--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: autoresearch prepare "), out.stdout
+
+
+def test_serve_with_a_broken_configuration_exits_with_its_sentence(repo: Path) -> None:
+    (repo / "autoresearch.toml").write_text(FAKE_CONFIG + "time_budge = 1\n")
+    message = one_sentence(cli(repo, "serve", env={"AUTORESEARCH_ROOT": str(repo)}))
+    assert "unknown key 'time_budge' (did you mean 'time_budget'?)" in message
+
+
+def test_history_and_the_demo_report_use_the_configured_metric(tmp_path: Path) -> None:
+    repo = make_fake_repo(tmp_path / "steps", FAKE_CONFIG + 'metric = "num_steps"\ndirection = "maximize"\n')
+    assert cli(repo, "run", "baseline").returncode == 0 and cli(repo, "keep").returncode == 0
+    assert cli(repo, "history", "--tsv").stdout.startswith("commit\tnum_steps\tmemory_gb\tstatus\tdescription\n")
+    assert "num_steps" in cli(repo, "history").stdout
+    console = Console(record=True, width=160, file=io.StringIO())
+    report(History(repo / ".autoresearch" / "test"), tmp_path / "p.png", console, "test", "num_steps", "maximize")
+    assert "num_steps" in console.export_text() and "val_bpb" not in console.export_text()

@@ -10,9 +10,10 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, git, make_fake_repo
+from conftest import FAKE_CONFIG, REPO_ROOT, git, make_fake_repo
 
 NODE_BIN = Path(os.environ.get("AUTORESEARCH_NODE_BIN", REPO_ROOT / ".ci" / "node" / "node_modules" / ".bin"))
 
@@ -50,19 +51,27 @@ def test_claude_mcp_list_reports_the_server_connected(project: Path, tmp_path: P
     assert git(project, "branch", "--show-current") == "main"  # a health check changes nothing
 
 
-def inspector(project: Path, home: Path, *args: str) -> dict[str, object]:
+def test_claude_mcp_list_reports_a_broken_configuration_as_failed(project: Path, tmp_path: Path) -> None:
+    claude = tool("claude")
+    (project / "autoresearch.toml").write_text(FAKE_CONFIG + "time_budge = 1\n")
+    out = subprocess.run([str(claude), "mcp", "list"], cwd=project, env=node_env(tmp_path / "home"),
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert "autoresearch" in out.stdout and "Failed" in out.stdout, out.stdout + out.stderr
+
+
+def inspector(project: Path, home: Path, *args: str) -> dict[str, Any]:
     entry = json.loads((project / ".mcp.json").read_text())["mcpServers"]["autoresearch"]
     argv = [str(tool("mcp-inspector")), "--cli", entry["command"], *entry["args"], *args]
     out = subprocess.run(argv, cwd=project, env=node_env(home), capture_output=True, text=True, timeout=120,
                          stdin=subprocess.DEVNULL)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    result: dict[str, object] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
 def test_inspector_lists_the_six_tools(project: Path, tmp_path: Path) -> None:
     listed = inspector(project, tmp_path / "home", "--method", "tools/list")
-    names = {t["name"] for t in listed["tools"]}  # type: ignore[attr-defined, index]
+    names = {t["name"] for t in listed["tools"]}
     assert names == {"read_train", "write_train", "run_experiment", "get_history", "keep", "discard"}
 
 
@@ -70,6 +79,6 @@ def test_inspector_runs_an_experiment_by_hand(project: Path, tmp_path: Path) -> 
     home = tmp_path / "home"
     args = ["--method", "tools/call", "--tool-name", "run_experiment", "--tool-arg", "description=by hand"]
     result = inspector(project, home, *args)
-    assert result["structuredContent"]["status"] == "ok"  # type: ignore[index]
+    assert result["structuredContent"]["status"] == "ok"
     history = inspector(project, home, "--method", "tools/call", "--tool-name", "get_history")
-    assert history["structuredContent"]["awaiting_decision"] == 1  # type: ignore[index]
+    assert history["structuredContent"]["awaiting_decision"] == 1

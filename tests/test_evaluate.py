@@ -55,6 +55,8 @@ class Counter(Uniform):
         super().__init__(vocab_size)
         self.register_buffer("calls", torch.zeros(()))
 
+    calls: torch.Tensor
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         self.calls.add_(1)
         return super().forward(idx) + self.calls
@@ -150,9 +152,7 @@ def test_evaluator_scores_the_configured_number_of_tokens(
     ("model", "why"),
     [(Peeking, "must be causal"), (Mixing, "rows must be independent"), (Counter, "changes its own buffers")],
 )
-def test_models_that_cheat_are_refused(
-    prepare: ModuleType, tmp_path: Path, model: type[Uniform], why: str
-) -> None:
+def test_models_that_cheat_are_refused(prepare: ModuleType, tmp_path: Path, model: type[Uniform], why: str) -> None:
     path = prepare.save_model(model(prepare.load_meta()["vocab_size"]))
     result = evaluator(prepare, path, tmp_path)
     assert result["status"] == "bad_model" and why in result["reason"]

@@ -24,7 +24,7 @@ def train() -> Iterator[ModuleType]:
         yield module
 
 
-def test_chunked_loss_equals_the_plain_cross_entropy(train):
+def test_chunked_loss_equals_the_plain_cross_entropy(train: ModuleType) -> None:
     torch.manual_seed(0)
     model = train.GPT(vocab_size=300, depth=2, dim=32, head_dim=16)
     torch.nn.init.normal_(model.lm_head.weight, std=0.5)  # logits large enough for the softcap to matter
@@ -41,7 +41,7 @@ def test_chunked_loss_equals_the_plain_cross_entropy(train):
     assert model.lm_head.weight.grad is not None and model.lm_head.weight.grad.abs().sum() > 0
 
 
-def test_adamw_matches_torch_optim(train):
+def test_adamw_matches_torch_optim(train: ModuleType) -> None:
     torch.manual_seed(0)
     ours_w = torch.randn(8, 4, requires_grad=True)
     ref_w = ours_w.detach().clone().requires_grad_()
@@ -56,7 +56,7 @@ def test_adamw_matches_torch_optim(train):
     torch.testing.assert_close(ours_w, ref_w)
 
 
-def test_a_training_step_does_not_import_dynamo():
+def test_a_training_step_does_not_import_dynamo() -> None:
     """torch._dynamo costs a CPU experiment about a second of start-up; nothing on the CPU path needs it."""
     code = f"""
 import sys; sys.argv = ["train.py"]; sys.path.insert(0, {str(EXPERIMENT)!r})

@@ -3,6 +3,9 @@
 import http.server
 import json
 import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +22,7 @@ DOCS = {
 
 
 @pytest.fixture
-def prepare(tmp_path, monkeypatch):
+def prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     module = load_prepare()
     monkeypatch.setattr(module, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
@@ -27,7 +30,7 @@ def prepare(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def corpus(tmp_path):
+def corpus(tmp_path: Path) -> Path:
     root = tmp_path / "corpus"
     for name, text in DOCS.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -36,17 +39,17 @@ def corpus(tmp_path):
     return root
 
 
-def expected_split(texts):
+def expected_split(texts: list[str]) -> tuple[list[str], list[str]]:
     """The split computed independently: the last 5% of the characters of each document is validation."""
     cuts = [int(len(t) * 0.95) for t in texts]
     return [t[:c] for t, c in zip(texts, cuts, strict=True)], [t[c:] for t, c in zip(texts, cuts, strict=True)]
 
 
-def sorted_texts(root):
+def sorted_texts(root: Path) -> list[str]:
     return [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.suffix in (".txt", ".md")]
 
 
-def test_byte_level_files_source(prepare, corpus):
+def test_byte_level_files_source(prepare: ModuleType, corpus: Path) -> None:
     assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
     directory = prepare.dataset_dir("tiny")
     meta = json.loads((directory / "meta.json").read_text())
@@ -61,7 +64,9 @@ def test_byte_level_files_source(prepare, corpus):
     assert len(train_tokens) == sum(len(t.encode()) for t in train) + 3
 
 
-def test_bpe_is_deterministic_across_caches(prepare, corpus, tmp_path, monkeypatch):
+def test_bpe_is_deterministic_across_caches(
+    prepare: ModuleType, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--vocab-size", "320", "--name", "bpe"]
     assert prepare.main(args) == 0
     first = prepare.dataset_dir("bpe")
@@ -76,7 +81,7 @@ def test_bpe_is_deterministic_across_caches(prepare, corpus, tmp_path, monkeypat
     assert meta["outputs"]["val.bin"]["sha256"] == prepare.sha256_file(first / "val.bin")
 
 
-def test_round_trip_and_byte_lengths(prepare, corpus):
+def test_round_trip_and_byte_lengths(prepare: ModuleType, corpus: Path) -> None:
     prepare.main(["--source", "files", "--paths", str(corpus), "--vocab-size", "360", "--name", "bpe"])
     tok = prepare.load_tokenizer("bpe")
     assert tok.vocab_size == 360 and tok.bos_id == 359 and tok.token_bytes[tok.bos_id] == 0
@@ -90,7 +95,7 @@ def test_round_trip_and_byte_lengths(prepare, corpus):
     assert b"pickle" not in (prepare.dataset_dir("bpe") / "tokenizer.json").read_bytes()
 
 
-def test_rerun_is_idempotent(prepare, corpus, capsys):
+def test_rerun_is_idempotent(prepare: ModuleType, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
     prepare.main(args)
     directory = prepare.dataset_dir("tiny")
@@ -101,7 +106,7 @@ def test_rerun_is_idempotent(prepare, corpus, capsys):
     assert mtimes == {name: (directory / name).stat().st_mtime_ns for name in OUTPUTS}
 
 
-def test_incomplete_dataset_is_rebuilt(prepare, corpus, capsys):
+def test_incomplete_dataset_is_rebuilt(prepare: ModuleType, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
     prepare.main(args)
     directory = prepare.dataset_dir("tiny")
@@ -112,7 +117,7 @@ def test_incomplete_dataset_is_rebuilt(prepare, corpus, capsys):
     assert not list(directory.glob(".*tmp*"))  # no temp files left behind
 
 
-def test_changed_input_rebuilds(prepare, corpus):
+def test_changed_input_rebuilds(prepare: ModuleType, corpus: Path) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
     prepare.main(args)
     before = json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"]
@@ -121,7 +126,7 @@ def test_changed_input_rebuilds(prepare, corpus):
     assert json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"] != before
 
 
-def write_shards(directory, n):
+def write_shards(directory: Path, n: int) -> list[list[str]]:
     directory.mkdir(parents=True, exist_ok=True)
     shards = [[f"shard {i} document {j}: some text, ünïcödé {j * i}." * 5 for j in range(20)] for i in range(n)]
     for i, docs in enumerate(shards):
@@ -129,7 +134,7 @@ def write_shards(directory, n):
     return shards
 
 
-def test_climbmix_from_file_url(prepare, tmp_path, monkeypatch):
+def test_climbmix_from_file_url(prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     shards = write_shards(tmp_path / "hub", 3)
     monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", (tmp_path / "hub").as_uri())
     assert prepare.main(["--source", "climbmix", "--num-shards", "3", "--byte-level", "--name", "cm"]) == 0
@@ -144,18 +149,20 @@ class FlakyHandler(http.server.SimpleHTTPRequestHandler):
 
     requests: list[str] = []
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         self.requests.append(self.path)
         if len(self.requests) == 1:
             self.send_error(500, "try again")
             return
         super().do_GET()
 
-    def log_message(self, *args):
+    def log_message(self, *args: Any) -> None:
         pass
 
 
-def test_climbmix_http_retries_after_500(prepare, tmp_path, monkeypatch, capsys):
+def test_climbmix_http_retries_after_500(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_shards(tmp_path / "hub", 2)
     FlakyHandler.requests = []
     server = http.server.ThreadingHTTPServer(
@@ -175,13 +182,13 @@ def test_climbmix_http_retries_after_500(prepare, tmp_path, monkeypatch, capsys)
     assert not list((prepare.cache_root() / "climbmix-shards").glob(".*tmp*"))
 
 
-def test_download_gives_up_after_retries(prepare, tmp_path):
+def test_download_gives_up_after_retries(prepare: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="after 2 attempts"):
         prepare.download((tmp_path / "missing.parquet").as_uri(), tmp_path / "out.parquet", retries=2)
     assert not (tmp_path / "out.parquet").exists()
 
 
-def test_shakespeare_source(prepare):
+def test_shakespeare_source(prepare: ModuleType) -> None:
     assert prepare.main(["--vocab-size", "512", "--name", "sh"]) == 0
     meta = json.loads((prepare.dataset_dir("sh") / "meta.json").read_text())
     assert meta["source"] == "shakespeare" and meta["documents"] == {"train": 38, "val": 38}

@@ -49,7 +49,7 @@ def lock_info(repo: Path) -> dict[str, Any]:
 
 def alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
@@ -330,7 +330,7 @@ async def test_two_clients_of_one_server_never_run_two_experiments(
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "2")
     (repo / "train.py").write_text(set_mode("sleep", 1.0))
     results: list[Any] = []
-    async with Client(app.mcp) as one, Client(app.mcp) as two:  # type: ignore[arg-type]
+    async with Client(app.mcp) as one, Client(app.mcp) as two:
 
         async def first() -> None:
             results.append(await one.call_tool("run_experiment", {"description": "first"}))

@@ -27,7 +27,8 @@ STATE = Path(".autoresearch") / "test"
 LONG = "x = 1\n" * 100_000
 
 # (tool, arguments, a fragment of the one-sentence error); every call is refused and changes nothing
-BEFORE_ANY_RUN = [
+Case = tuple[str, dict[str, Any], str]  # tool, arguments, a fragment of the refusal
+BEFORE_ANY_RUN: list[Case] = [
     ("write_train", {"content": ""}, "empty"),
     ("write_train", {"content": " \n\t\n"}, "empty"),
     ("write_train", {"content": "\x00\x01\x02\x7fELF binary"}, "NUL bytes"),
@@ -58,21 +59,21 @@ BEFORE_ANY_RUN = [
     ("keep", {"reason": "r" * 301}, "at most 300"),
     ("discard", {"run_id": 5}, "no runs yet"),
 ]
-WHILE_PENDING = [
+WHILE_PENDING: list[Case] = [
     ("keep", {"run_id": 99}, "not a known run"),
     ("discard", {"run_id": 99}, "not a known run"),
     ("keep", {"force": True}, "needs a reason"),
     ("run_experiment", {"description": "again"}, "awaits a decision"),
     ("write_train", {"content": "x = 1\n"}, "awaits a decision"),
 ]
-AFTER_KEEP = [
+AFTER_KEEP: list[Case] = [
     ("keep", {}, "already kept"),
     ("discard", {}, "already kept"),
     ("keep", {"run_id": 1}, "already kept"),
 ]
 
 
-async def refused_without_change(client: Client, repo: Path, cases: list[tuple[str, dict[str, Any], str]]) -> None:
+async def refused_without_change(client: Client, repo: Path, cases: list[Case]) -> None:
     for tool, args, fragment in cases:
         before = disk_state(repo)
         result = await client.call_tool(tool, args)
@@ -91,7 +92,7 @@ async def test_bad_input_to_every_tool_is_a_tool_error_and_changes_nothing(
     keep or discard with nothing to decide, keep twice, decisions on unknown or earlier run ids: each is
     a ToolError with one actionable sentence, and files, HEAD, refs and history are unchanged."""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
-    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp) as client:
         await refused_without_change(client, repo, BEFORE_ANY_RUN)
         assert git(repo, "branch", "--show-current") == "main"  # no refusal even started the run tag
         assert not (await client.call_tool("run_experiment", {"description": "baseline"})).is_error
@@ -111,7 +112,7 @@ async def test_editable_file_that_is_not_utf8_on_disk_is_reported(
     edits are refused with what to do, the file is left as it is."""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
     (repo / "train.py").write_bytes(b"\xff\xfe\x00binary")
-    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp) as client:
         await refused_without_change(client, repo, [
             ("read_train", {}, "not UTF-8 text; write_train a new version"),
             ("write_train", {"edits": [{"old": "x", "new": "y"}]}, "not UTF-8 text"),
@@ -124,7 +125,7 @@ async def test_editable_file_that_is_not_utf8_on_disk_is_reported(
 async def test_unknown_arguments_are_refused(repo: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str) -> None:
     """Scenario: Bad input / unknown arguments to a tool are refused, naming the argument."""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
-    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp) as client:
         await refused_without_change(client, repo, [("get_history", {"limit": 3, "bogus": 1}, "bogus")])
 
 

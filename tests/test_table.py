@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from server.history import TSV_HEADER, History, RunRecord
-from server.table import counts, format_rows, render_table, to_json, to_tsv
+from server.table import counts, format_rows, render_table, title, to_json, to_tsv
 
 LONG = "increase depth to eight, widen the MLP four times and retune the learning rate schedule " * 3
 
@@ -70,15 +70,13 @@ def test_json_round_trips(tmp_path: Path) -> None:
     assert to_json([]) == "[]"
 
 
-def test_counts(tmp_path: Path) -> None:
-    runs = make_history(tmp_path, 10)
+def test_counts_put_each_run_under_its_outcome(tmp_path: Path) -> None:
+    make_history(tmp_path, 9)  # odd runs improve (1, 3, 5 kept), even ones do not, 7 crashes, 9 undecided
     history = History(tmp_path)
-    history.record(RunRecord(id=11, commit="abcdef1", parent="x", description="in flight"), "start")
+    history.record(RunRecord(id=10, commit="abcdef1", parent="x", description="in flight"), "start")
     c = counts(history.runs())
-    assert c == {"runs": 11, "kept": c["kept"], "discarded": c["discarded"], "crashed": 1, "pending": 1, "running": 1}
-    assert c["kept"] + c["discarded"] == 8 and c["kept"] >= 1
+    assert c == {"runs": 10, "kept": 3, "discarded": 4, "crashed": 1, "pending": 1, "running": 1}
     assert counts([]) == {"runs": 0, "kept": 0, "discarded": 0, "crashed": 0, "pending": 0, "running": 0}
-    assert len(runs) == 10
 
 
 def test_tsv_keeps_the_original_columns(tmp_path: Path) -> None:
@@ -100,3 +98,26 @@ def test_render_table_highlights_outcomes(tmp_path: Path) -> None:
     console.print(table)
     text = console.export_text()
     assert "8 runs" in text and "1 crashed" in text and "best" in text and "idea 5" in text
+
+
+def failed_runs(folder: Path) -> list[RunRecord]:
+    """A crash, a timeout and a run over budget that still printed its metric, all discarded."""
+    history = History(folder)
+    for i, status in enumerate(["crash", "timeout", "over_budget"], start=1):
+        run = RunRecord(id=i, commit=f"{i:07d}", parent="p", description=f"try {i}")
+        history.record(run, "start")
+        metric = 2.4 if status == "over_budget" else None
+        history.record(run.model_copy(update={"status": status, "metric": metric, "reason": "r"}), "end")
+        history.decide(i, "discard")
+    return history.runs()
+
+
+def test_each_failed_status_is_counted_under_its_own_name(tmp_path: Path) -> None:
+    runs = failed_runs(tmp_path)
+    assert counts(runs) == {"runs": 3, "kept": 0, "discarded": 0, "crashed": 1, "pending": 0, "running": 0,
+                            "timeout": 1, "over_budget": 1}  # fmt: skip
+    assert title(runs) == "3 runs, 0 kept, 0 discarded, 1 crashed, 1 timed out, 1 over budget"
+
+
+def test_one_run_is_not_runs(tmp_path: Path) -> None:
+    assert title(make_history(tmp_path, 1)).startswith("1 run, 0 kept")

@@ -9,11 +9,12 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from conftest import git, set_mode
+from conftest import FAKE_CONFIG, git, make_fake_repo, set_mode
 from mcp import Client
 from mcp.types import CallToolResult
 
 from server import app
+from server.runner import RUN_TOKEN_VAR
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]
@@ -38,8 +39,9 @@ def text(result: CallToolResult) -> str:
 async def ok(client: Client, tool: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     result = await client.call_tool(tool, args or {})
     assert not result.is_error, text(result)
-    assert result.structured_content is not None
-    return result.structured_content
+    data: dict[str, Any] | None = result.structured_content
+    assert data is not None
+    return data
 
 
 async def refused(client: Client, tool: str, args: dict[str, Any] | None = None) -> str:
@@ -49,7 +51,7 @@ async def refused(client: Client, tool: str, args: dict[str, Any] | None = None)
 
 
 async def test_all_six_tools_are_listed_with_output_schemas(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == TOOLS
     assert all(t.output_schema is not None and t.description for t in tools.values())
@@ -57,7 +59,7 @@ async def test_all_six_tools_are_listed_with_output_schemas(mode: str) -> None:
 
 
 async def test_full_loop_keep_then_discard(mode: str, repo: Path) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         start = await ok(client, "read_train")
         assert start["best"] is None and "MODE" in start["content"]
         baseline = await ok(client, "run_experiment", {"description": "baseline"})
@@ -78,7 +80,7 @@ def baseline_commit(repo: Path) -> str:
 
 
 async def test_failed_run_returns_status_reason_and_log_tail(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("crash")})
         result = await ok(client, "run_experiment", {"description": "crash"})
         assert result["status"] == "crash" and result["metric"] is None
@@ -86,15 +88,21 @@ async def test_failed_run_returns_status_reason_and_log_tail(mode: str) -> None:
         assert "can never be kept" in await refused(client, "keep")
 
 
-async def test_run_result_is_compact(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
-        result = await client.call_tool("run_experiment", {"description": "baseline"})
+LOUD_CRASH = "for i in range(200):\n    print(f'line {i} ' + 'y' * 400)\nraise SystemExit(3)\n"
+
+
+async def test_failed_run_result_with_a_long_log_tail_is_compact(mode: str) -> None:
+    async with Client(app.mcp, mode=mode) as client:
+        await ok(client, "write_train", {"content": LOUD_CRASH})
+        result = await client.call_tool("run_experiment", {"description": "loud crash"})
+    assert result.structured_content is not None and result.structured_content["status"] == "crash"
+    assert result.structured_content["log_tail"]  # the cap trims the tail, it does not drop it
     assert len(text(result).encode()) < 1500
 
 
 async def test_misuse_of_every_tool_is_a_tool_error_and_changes_nothing(mode: str, repo: Path) -> None:
     before = (repo / "train.py").read_bytes()
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         assert "no runs yet" in await refused(client, "keep")
         assert "no runs yet" in await refused(client, "discard")
         assert "would not compile" in await refused(client, "write_train", {"content": "def (:"})
@@ -111,7 +119,7 @@ async def test_misuse_of_every_tool_is_a_tool_error_and_changes_nothing(mode: st
 
 
 async def test_history_lists_runs_and_details_one(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "run_experiment", {"description": "baseline"})
         await ok(client, "keep")
         history = await ok(client, "get_history")
@@ -122,7 +130,7 @@ async def test_history_lists_runs_and_details_one(mode: str) -> None:
 
 
 async def test_history_shows_the_latest_runs_and_finds_earlier_ones_by_match(mode: str) -> None:
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         for idea in ("raise the LR", "deeper model", "lower the lr"):
             await ok(client, "run_experiment", {"description": idea})
             await ok(client, "discard")
@@ -150,7 +158,7 @@ async def test_progress_notifications_arrive_during_a_run(
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, message))
 
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("sleep", 1.0)})
         result = await client.call_tool("run_experiment", {"description": "slow"}, progress_callback=on_progress)
     assert not result.is_error
@@ -160,10 +168,15 @@ async def test_progress_notifications_arrive_during_a_run(
 
 async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> None:
     """Scenario: Crash recovery / the client cancels run_experiment: the run is killed and recorded as cancelled"""
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         await ok(client, "write_train", {"content": set_mode("hang")})
-        with anyio.move_on_after(1.5):
-            await client.call_tool("run_experiment", {"description": "hang"})
+        seen: list[psutil.Process] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "run_experiment", {"description": "hang"})
+            while not seen:  # the run is under way once its process exists; then cancel the call
+                seen = run_processes(repo)
+                await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
         history: dict[str, Any] = {}
         for _ in range(100):  # the server records the cancellation asynchronously
             history = await ok(client, "get_history")
@@ -171,14 +184,26 @@ async def test_cancelled_run_is_killed_and_recorded(mode: str, repo: Path) -> No
                 break
             await anyio.sleep(0.1)
     assert "cancelled" in history["rows"][-1]
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(3600)" in " ".join(p.info["cmdline"] or [])]
+    assert not [p.pid for p in seen if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def run_processes(repo: Path) -> list[psutil.Process]:
+    """The processes of this repository's runs: they carry the run token and work in its snapshot folder."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if RUN_TOKEN_VAR in proc.environ() and Path(proc.cwd()).is_relative_to(repo):
+                found.append(proc)
+        except psutil.Error:
+            continue  # gone meanwhile, or another user's
+    return found
 
 
 async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
     (repo / "program.md").write_text("# program\nNEVER STOP\n")
     git(repo, "add", "program.md")
     git(repo, "commit", "-qm", "program")  # a steering file: pinned, so it must be committed
-    async with Client(app.mcp, mode=mode) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp, mode=mode) as client:
         program = await client.read_resource("autoresearch://program")
         prompt = await client.get_prompt("autoresearch")
         await ok(client, "run_experiment", {"description": "baseline"})
@@ -191,6 +216,16 @@ async def test_program_resource_and_loop_prompt(mode: str, repo: Path) -> None:
 async def test_not_a_git_repository_is_reported_by_every_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario: Git edge cases / not a git repository at all: every tool says to run `git init` and commit"""
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(tmp_path))
-    async with Client(app.mcp) as client:  # type: ignore[arg-type]
+    async with Client(app.mcp) as client:
         message = await refused(client, "read_train")
     assert "not a git repository" in message and "git init" in message
+
+
+async def test_history_rows_name_the_configured_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_fake_repo(tmp_path / "steps", FAKE_CONFIG + 'metric = "num_steps"\ndirection = "maximize"\n')
+    monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
+    async with Client(app.mcp) as client:
+        await ok(client, "run_experiment", {"description": "baseline"})
+        history = await ok(client, "get_history")
+    assert history["rows"][0].split()[:2] == ["id", "num_steps"] and history["direction"] == "maximize"
+    assert history["rows"][1].split()[1] == "3.000000"

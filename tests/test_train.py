@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import EXPERIMENT, load_prepare
@@ -14,7 +15,7 @@ PROGRESS = re.compile(r"^step (\d+) \| loss ([0-9.]+) \|.* \| elapsed ([0-9.]+)s
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     for i in range(2):
         (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
@@ -28,7 +29,7 @@ def env(tmp_path, monkeypatch):
     }
 
 
-def run_train(script, env, cwd):
+def run_train(script: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(script)],
         env=env,
@@ -40,13 +41,13 @@ def run_train(script, env, cwd):
     )
 
 
-def summary(stdout):
+def summary(stdout: str) -> dict[str, str]:
     block = stdout.rsplit("\n---\n", 1)[1]
     return dict(line.split(":", 1) for line in block.strip().splitlines())
 
 
 @pytest.mark.parametrize("size", ["tiny", "default"])
-def test_short_run_prints_progress_and_summary(env, tmp_path, size):
+def test_short_run_prints_progress_and_summary(env: dict[str, str], tmp_path: Path, size: str) -> None:
     env = {**env, "AUTORESEARCH_MODEL_SIZE": size}
     prepare = load_prepare()
     result = run_train(EXPERIMENT / "train.py", env, cwd=tmp_path)  # cwd is not the repo: must still work
@@ -76,7 +77,7 @@ def test_short_run_prints_progress_and_summary(env, tmp_path, size):
     assert float(values["peak_memory_mb"]) > 10 and float(values["total_tokens_M"]) > 0
 
 
-def test_exploding_run_fails_fast_without_summary(env, tmp_path):
+def test_exploding_run_fails_fast_without_summary(env: dict[str, str], tmp_path: Path) -> None:
     snapshot = tmp_path / "snapshot" / "experiment"
     shutil.copytree(EXPERIMENT, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
     source = (snapshot / "train.py").read_text()
