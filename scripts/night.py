@@ -9,7 +9,8 @@ autoresearch.toml or AUTORESEARCH_STATE_DIR say otherwise):
 `deadline` (epoch seconds or null) ends the night when it passes; `stop` (null or one sentence) ends it at
 once: the server may write it when a cap is reached. A file <state_dir>/STOP ends it too (the human's
 switch). `start` writes the file, `stop` creates STOP, `check` exits 0 while the night goes on and 1 with
-the reason otherwise. Standard library only: hooks run it under whatever python3 the machine has.
+the reason otherwise; `state-dir` prints where the state lives. Standard library only: hooks run
+it under whatever python3 the machine has.
 """
 
 from __future__ import annotations
@@ -131,13 +132,16 @@ def describe(night: dict[str, Any] | None, over: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("action", choices=["start", "stop", "check", "show"])
+    parser.add_argument("action", choices=["start", "stop", "check", "show", "state-dir"])
     parser.add_argument("deadline", nargs="?", help="start: 8h, 90m, 07:00, an ISO date-time or epoch seconds")
     parser.add_argument("--tag", help="start: the run tag (default: AUTORESEARCH_TAG, else autoresearch.toml)")
     parser.add_argument("--root", help="the repository (default: CLAUDE_PROJECT_DIR, else the current directory)")
     args = parser.parse_args(argv)
     root = project_root(args.root)
     state = state_dir(root)
+    if args.action == "state-dir":
+        print(state)
+        return 0
     if args.action == "start":
         try:
             deadline = parse_deadline(args.deadline, datetime.now().astimezone()) if args.deadline else None
