@@ -103,6 +103,7 @@ night_loop() {
     quick=$((quick + 1))
     if [ "$quick" -ge "$MAX_QUICK_FAILS" ]; then
       say "giving up: $quick sessions in a row ended within ${MIN_SESSION_S}s (last exit code $code); read $LOG, fix the cause, and start again."
+      python3 scripts/night.py stop >/dev/null  # the night is over: the Stop hook must not hold a later session
       return 1
     fi
     say "session $n ended: exit code $code after ${took}s, quick failure $quick of $MAX_QUICK_FAILS; retrying in ${delay}s"

@@ -81,6 +81,7 @@ def test_sessions_that_fail_at_once_back_off_and_give_up(project: Path) -> None:
     assert text.count("retrying in 0s") == 2
     assert re.search(r"^\d{4}-\d\d-\d\dT\S+ giving up: 3 sessions in a row .* \(last exit code 3\)", text, re.M)
     assert "Credit balance is too low" in text  # the session's own output is in the log too
+    assert (project / ".autoresearch" / "STOP").exists()  # the night is over for the Stop hook too
 
 
 def test_backoff_doubles_up_to_its_cap(project: Path) -> None:
