@@ -1,41 +1,68 @@
 #!/usr/bin/env python3
-"""Claude Code Stop hook for overnight runs: tells the agent to continue the loop instead of stopping.
+"""Claude Code Stop hook: while a night is on, send the agent back to the loop instead of letting it stop.
 
-Active only when AUTORESEARCH_OVERNIGHT=1 (set by scripts/overnight.sh), so interactive sessions stop
-normally. Lets the agent stop when the human creates .autoresearch/STOP, or when it was already sent
-back once and no new run was recorded since (so a stuck agent cannot loop forever on this hook).
-Standard library only: it runs under whatever python3 the machine has.
+Whether a night is on comes from one state file, <state_dir>/night.json (see scripts/night.py): absent,
+STOP created, its `stop` reason set (a cap reached) or its deadline passed, and the agent may stop. When
+Claude Code says the agent was already sent back once (`stop_hook_active`) and no run was recorded since,
+the agent may stop too, so a stuck agent cannot loop on this hook; the overnight launcher starts a fresh
+session. Standard library only: it runs under whatever python3 the machine has.
 """
 
+from __future__ import annotations
+
 import json
-import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import night  # noqa: E402  (a sibling script, not a package)
+
+MARKER = "stop-hook.json"  # this hook's own memory: the history size when it last sent the agent back
 
 
-def history_size(state: Path) -> int:
-    return sum(p.stat().st_size for p in state.glob("*/runs.jsonl"))
+def history_size(state: Path, tag: str) -> int:
+    try:
+        return (state / tag / "runs.jsonl").stat().st_size
+    except OSError:
+        return 0
+
+
+def read_event() -> dict[str, Any]:
+    try:
+        event = json.loads(sys.stdin.read() or "{}")
+    except ValueError:
+        return {}
+    return event if isinstance(event, dict) else {}
+
+
+def reason(tag: str, deadline: object) -> str:
+    until = f" until {time.strftime('%H:%M', time.localtime(deadline))}" if isinstance(deadline, int | float) else ""
+    return (
+        f"Do not stop: the night on tag {tag} goes on{until} and the human is away. Call get_history, pick "
+        "the next idea, and continue with write_train and run_experiment; only the human ends the night."
+    )
 
 
 def main() -> int:
-    if os.environ.get("AUTORESEARCH_OVERNIGHT") != "1":
+    event = read_event()
+    root = night.hook_root(event)
+    state = night.state_dir(root)
+    if night.night_over(state, time.time()) is not None:
         return 0
-    event = json.loads(sys.stdin.read() or "{}")
-    state = Path(os.environ.get("CLAUDE_PROJECT_DIR", ".")) / ".autoresearch"
-    if (state / "STOP").exists():
-        return 0
-    marker = state / "stop-hook.json"
-    size = history_size(state)
-    last = json.loads(marker.read_text()) if marker.exists() else {}
-    if event.get("stop_hook_active") and last.get("history_size") == size:
-        return 0  # sent back before and nothing was run since: let it stop; the overnight loop restarts it
-    state.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"history_size": size}))
-    reason = (
-        "Do not stop: the human is asleep and expects the loop to go on. Call get_history, pick the "
-        "next idea, and continue with write_train and run_experiment. Never stop."
-    )
-    print(json.dumps({"decision": "block", "reason": reason}))
+    current = night.read_night(state) or {}
+    tag = str(current.get("tag") or night.configured_tag(root))
+    size = history_size(state, tag)
+    marker = state / MARKER
+    try:
+        last = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        last = {}
+    if event.get("stop_hook_active") and isinstance(last, dict) and last.get("history_size") == size:
+        return 0  # sent back before and nothing ran since: let it stop; the launcher starts a fresh session
+    night.write_json(marker, {"history_size": size})
+    print(json.dumps({"decision": "block", "reason": reason(tag, current.get("deadline"))}))
     return 0
 
 

@@ -151,6 +151,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """The live web dashboard on 127.0.0.1, until Ctrl+C."""
+    from server.dashboard import HOST, serve
+
+    config, history = history_of(args)
+    out.print(f"dashboard of tag {history.folder.name} at http://{HOST}:{args.port}/ (Ctrl+C stops it)")
+    serve(history.folder.parent, history.folder.name, config.metric, config.direction, args.port)
+    return 0
+
+
 def cmd_pin(args: argparse.Namespace) -> int:
     """Re-pin the locked files after an intended, committed change: a human act."""
     from server.loop import Lab
@@ -186,6 +196,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--out", default="progress.png", help="the PNG to write")
     elif name == "watch":
         parser.add_argument("--once", action="store_true", help="draw one frame and exit")
+    elif name == "dashboard":
+        parser.add_argument("--tag", help="the run tag to show first (default: the configuration's)")
+        parser.add_argument("--port", type=int, default=8765, help="the port on 127.0.0.1")
     elif name == "demo":
         parser.add_argument("--experiments", type=int, default=8, help="runs including the baseline")
         parser.add_argument("--budget", type=float, default=30.0, help="seconds of training per run")
@@ -202,6 +215,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "history": (cmd_history, "the results as a table (--json, --tsv)"),
     "plot": (cmd_plot, "progress.png: every run, the running best"),
     "watch": (cmd_watch, "a live view of the running experiment and the latest runs"),
+    "dashboard": (cmd_dashboard, "a live web page on 127.0.0.1: chart, history, diffs, logs, the run in flight"),
     "pin": (cmd_pin, "re-pin the locked files after an intended, committed change"),
     "serve": (cmd_serve, "the MCP server on stdio (what .mcp.json starts)"),
 }

@@ -1,0 +1,114 @@
+"""The state of a search in a few lines: for a resumed or compacted Claude Code session, and the status skill.
+
+`python -m server.brief [--root R] [--tag T]` prints it; the SessionStart hook (scripts/session_hook.py)
+hands it to the agent. Also the one reader of the run in flight for the dashboard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from server.config import load_config
+from server.errors import AutoresearchError
+from server.history import History, RunRecord, best_run
+from server.summary import last_progress
+from server.table import counts, fmt_delta, fmt_metric, outcome, shorten
+from server.watch import clock, pid_alive, read_lock, tail_text
+
+RECENT = 5
+
+
+class InFlight(BaseModel):
+    """The run the lock file says is running, with what its log last said."""
+
+    run_id: int | None
+    tag: str | None
+    description: str
+    elapsed_s: float | None
+    left_s: float | None
+    budget_s: float | None
+    step: int | None = None
+    loss: float | None = None
+    remaining_s: float | None = None
+    last_line: str = ""
+
+
+def in_flight(state_dir: Path, now: float | None = None) -> InFlight | None:
+    """The run in flight, or None when nothing runs (no lock, another operation, or a dead holder)."""
+    lock = read_lock(state_dir)
+    if lock is None or not pid_alive(lock.pid):
+        return None
+    now = time.time() if now is None else now
+    text = tail_text(Path(lock.log)) if lock.log else ""
+    progress = last_progress(text)
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    return InFlight(
+        run_id=lock.run_id,
+        tag=lock.tag,
+        description=lock.description,
+        elapsed_s=now - lock.started_at if lock.started_at is not None else None,
+        left_s=lock.deadline - now if lock.deadline is not None else None,
+        budget_s=lock.budget,
+        step=progress.step if progress else None,
+        loss=progress.loss if progress else None,
+        remaining_s=progress.remaining if progress else None,
+        last_line=shorten(last, 160),
+    )
+
+
+def run_line(run: RunRecord) -> str:
+    return f"#{run.id} {outcome(run)} {fmt_metric(run.metric)} ({fmt_delta(run)}) {shorten(run.description, 70)}"
+
+
+def running_line(run: InFlight) -> str:
+    where = f" on tag {run.tag}" if run.tag else ""
+    parts = [f"in flight{where}: #{run.run_id} {shorten(run.description, 60)!r}"]
+    if run.elapsed_s is not None:
+        parts.append(f"elapsed {clock(run.elapsed_s)}")
+    if run.step is not None and run.loss is not None:
+        parts.append(f"step {run.step}, loss {run.loss:.4f}")
+    if run.remaining_s is not None:
+        parts.append(f"{run.remaining_s:.0f}s of training left")
+    return ", ".join(parts) + "; wait for it with get_history before starting another run."
+
+
+def brief(state_dir: Path, tag: str, metric: str = "val_bpb", recent: int = RECENT) -> str:
+    """A handful of lines: the totals, the best run, the latest runs, the run in flight."""
+    runs = History(state_dir / tag).runs()
+    c = counts(runs)
+    lines = [f"autoresearch, tag {tag}: {c['runs']} runs, {c['kept']} kept, {c['discarded']} discarded, "
+             f"{c['crashed']} crashed, {c['pending']} awaiting keep or discard."]  # fmt: skip
+    best = best_run(runs)
+    if best is not None:
+        lines.append(f"best {metric}: {fmt_metric(best.metric)} by #{best.id} ({best.commit[:7]}) "
+                     f"{shorten(best.description, 70)}")  # fmt: skip
+    if runs:
+        lines.append("latest runs:")
+        lines.extend(f"  {run_line(run)}" for run in runs[-recent:])
+    running = in_flight(state_dir)
+    lines.append(running_line(running) if running else "nothing is running now.")
+    lines.append("get_history gives the full table; continue the loop from there.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.brief", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    parser.add_argument("--tag", help="the run tag (default: the configuration's)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.root)
+    except AutoresearchError as exc:
+        print(f"autoresearch: {exc}")
+        return 0  # a hook's output: the agent reads the sentence, the session goes on
+    print(brief(args.root / config.state_dir, args.tag or config.tag, config.metric))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
