@@ -68,7 +68,7 @@ class Config(BaseModel):
         0.0, ge=0, description="noise floor: a run must beat the best by more than this to be kept"
     )
     eval_tokens: int = Field(40 * 524288, gt=0)
-    eval_batch_size: int = Field(8, gt=0, description="rows per evaluation batch")
+    eval_batch_size: int = Field(0, ge=0, description="rows per evaluation batch; 0: 2 on a CPU, 32 on a GPU")
     seed: int = Field(42, description="the seed every run gets (AUTORESEARCH_SEED)")
     sandbox: Literal["bwrap", "off"] = Field("bwrap", description="off: runs see the whole machine")
     network: bool = Field(False, description="let runs reach the network")

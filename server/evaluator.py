@@ -57,7 +57,8 @@ def stage_locked(repo: git.Repo, commit: str, config: Config, pinned: dict[str, 
 def eval_spec(
     config: Config, places: Places, run_dir: Path, model: Path, token: str, split: str
 ) -> tuple[RunSpec, Path]:
-    """The evaluator's process: the locked files' folder as its working directory, sandboxed like the run."""
+    """The evaluator's process: the locked files' folder as its working directory, sandboxed like the run,
+    with a token of its own (the run's sweep of its token must not reach its evaluator)."""
     folder, result_dir, scratch = run_dir / "eval", run_dir / f"eval-{split}", run_dir / f"eval-{split}-tmp"
     for path in (result_dir, scratch):
         shutil.rmtree(path, ignore_errors=True)
@@ -65,7 +66,7 @@ def eval_spec(
     view = eval_view(places, folder, model.parent, result_dir, scratch) if config.sandbox == "bwrap" else None
     argv = [*config.evaluator_argv(model, result_dir / "result.json"), "--split", split]
     spec = RunSpec(argv, folder, eval_env(config, places, scratch), run_dir / f"eval-{split}.log",
-                   config.hard_timeout, token, config.kill_grace, config.max_log_bytes, view,
+                   config.hard_timeout, f"{token}-eval-{split}", config.kill_grace, config.max_log_bytes, view,
                    config.memory_limit_mb, config.max_processes)  # fmt: skip
     return spec, result_dir / "result.json"
 

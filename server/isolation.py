@@ -84,7 +84,9 @@ def run_env(config: Config, places: Places, scratch: Path, output: Path, seed: i
 def eval_env(config: Config, places: Places, scratch: Path) -> dict[str, str]:
     """The evaluator's environment: the evaluation size and batch come from the pinned configuration."""
     env = _base_env(config, places, scratch)
-    env.update(AUTORESEARCH_EVAL_TOKENS=str(config.eval_tokens), AUTORESEARCH_EVAL_BATCH=str(config.eval_batch_size))
+    env.update(AUTORESEARCH_EVAL_TOKENS=str(config.eval_tokens))
+    if config.eval_batch_size:
+        env["AUTORESEARCH_EVAL_BATCH"] = str(config.eval_batch_size)
     return env
 
 

@@ -21,7 +21,18 @@ from server.history import History, RunRecord, atomic_write, best_run, now
 from server.isolation import Places
 from server.lock import Held, RepoLock
 from server.outcome import classify
-from server.pipeline import Candidate, cleanup, collect, launch, make_candidate, measure, record_end, tampered
+from server.pipeline import (
+    Candidate,
+    Warm,
+    cleanup,
+    collect,
+    launch,
+    make_candidate,
+    measure,
+    record_end,
+    start_warm,
+    tampered,
+)
 from server.runner import Execution, LocalRunner, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
@@ -35,6 +46,7 @@ class ActiveRun:
     execution: Execution
     held: Held
     deadline: float
+    warm: Warm | None = None  # its evaluator, started with it
 
     @property
     def record(self) -> RunRecord:
@@ -228,7 +240,9 @@ class Lab:
         held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
                        "description": description, "started_at": time.time(), "deadline": deadline,
                        "budget": self.config.time_budget, "log": str(candidate.log)})  # fmt: skip
-        return ActiveRun(candidate, launch(self.runner, self.config, self.places, candidate), held, deadline)
+        execution = launch(self.runner, self.config, self.places, candidate)
+        warm = start_warm(self.repo, self.runner, self.config, self.places, candidate)
+        return ActiveRun(candidate, execution, held, deadline, warm)
 
     def _settings(self) -> dict[str, object]:
         """What every run records about the rules it ran under."""
@@ -253,12 +267,15 @@ class Lab:
         try:
             outcome = collect(active.execution, cancelled)
             changed = tampered(self.config, candidate, self.root, self.pins_path)
-            measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed)
+            measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
+                               active.warm)  # fmt: skip
             record = classify(candidate.record, measured, self.config)
             cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
             record_end(self.repo, self.config, self.history, record)
             return record
         finally:
+            if active.warm is not None:
+                active.warm.execution.kill("cancelled")  # a no-op once it has ended
             cleanup(candidate)
             active.held.release()
 

@@ -14,19 +14,21 @@ The loop (loop.py) decides which candidate and whether to keep it; it never meas
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import git
 
 from server import gitops, pins
 from server.config import Config
-from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, stage_locked
+from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
 from server.history import History, RunRecord, atomic_write
 from server.isolation import Places, run_env, run_view
 from server.outcome import Measured, over_budget, timings
 from server.runner import Execution, Outcome, Runner, RunSpec
+from server.summary import MODEL_FILE
 
 
 @dataclass
@@ -112,6 +114,39 @@ def tampered(config: Config, candidate: Candidate, root: Path, pins_path: Path) 
     return changed
 
 
+@dataclass
+class Warm:
+    """An evaluator started with the run: its imports and data are loaded while the run trains, and it
+    waits for the server's word (a file in its read-only folder) to score the model or to go away."""
+
+    execution: Execution
+    result: Path
+    word: Path
+    log: Path
+
+    def release(self, go: bool) -> Evaluation | None:
+        """Tell it to score (the evaluation's time is counted from here) or to go away."""
+        started = time.monotonic()
+        self.word.write_text("go" if go else "stop")
+        outcome = collect(self.execution)
+        if not go:
+            return None
+        return replace(read_result(self.result, outcome, self.log), seconds=round(time.monotonic() - started, 3))
+
+
+def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, candidate: Candidate) -> Warm | None:
+    """The run's evaluator, started at once where the runner shares this machine's files. Not niced: a
+    niced process on a busy machine waits behind everything else, and its imports are done in the run's
+    own start-up anyway."""
+    if not config.evaluated or not getattr(runner, "warm", False):
+        return None
+    stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
+    word = candidate.run_dir / "eval" / "go"
+    spec, result = eval_spec(config, places, candidate.run_dir, candidate.output / MODEL_FILE, candidate.token, "val")
+    spec = replace(spec, argv=[*spec.argv, "--wait-for", str(word)], wall_limit=2 * spec.wall_limit)
+    return Warm(runner.start(spec), result, word, spec.log_path)
+
+
 def measure(
     repo: git.Repo,
     runner: Runner,
@@ -120,14 +155,20 @@ def measure(
     candidate: Candidate,
     outcome: Outcome,
     changed: list[str],
+    warm: Warm | None = None,
 ) -> Measured:
     """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time."""
     model, export_error = handed_over(candidate.output)
     measured = Measured(outcome, candidate.log, changed, model, export_error)
     earned = outcome.stop == "exited" and outcome.exit_code == 0 and over_budget(timings(outcome), config) is None
     if not config.evaluated or model is None or changed or not earned:
+        if warm is not None:
+            warm.release(go=False)
         return measured
-    evaluation = score(repo, runner, config, places, candidate, model)
+    warmed = warm.release(go=True) if warm is not None else None
+    if warmed is None or warmed.status == "failed":  # cold, also when a custom evaluator cannot start warm
+        warmed = score(repo, runner, config, places, candidate, model)
+    evaluation = warmed
     return Measured(outcome, candidate.log, changed, model, export_error, evaluation)
 
 

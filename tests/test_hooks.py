@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import REPO_ROOT
 
-from server.history import History, RunRecord
+from server.history import History, RunRecord, Status
 
 SCRIPTS = REPO_ROOT / "scripts"
 
@@ -45,7 +45,7 @@ def project(tmp_path: Path) -> Path:
 
 def add_run(project: Path, run_id: int, metric: float | None, decision: str | None, desc: str = "idea") -> None:
     history = History(project / ".autoresearch" / "night")
-    status = "ok" if metric is not None else "crash"
+    status: Status = "ok" if metric is not None else "crash"
     record = RunRecord(id=run_id, commit=f"{run_id:07d}abc", parent="p", description=desc, status=status,
                        metric=metric)  # fmt: skip
     history.record(record, "end")
