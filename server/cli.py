@@ -131,6 +131,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(table.to_tsv(runs, config.metric), end="")
     else:
         out.print(table.render_table(runs[-args.limit :], config.metric, heading=table.title(runs)))
+    for problem in history.problems():  # an edited history is said, never silently repaired
+        err.print(f"[bold red]history problem:[/] {problem}")
     return 0
 
 

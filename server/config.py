@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 import re
 import sys
@@ -62,8 +63,12 @@ class Config(BaseModel):
     time_budget: float = Field(300.0, gt=0, description="seconds of training per experiment")
     timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = computed")
     budget_tolerance: float = Field(0.05, ge=0, description="fraction over budget still accepted")
-    startup_allowance: float = Field(60.0, gt=0, description="seconds from start to timed training")
-    handover_allowance: float = Field(60.0, gt=0, description="seconds from the end of training to exit")
+    startup_allowance: float = Field(
+        0.0, ge=0, description="seconds from start to timed training; 0: 60 on a GPU machine, 15 without"
+    )
+    handover_allowance: float = Field(
+        0.0, ge=0, description="seconds from the end of training to exit; 0: 30 on a GPU machine, 15 without"
+    )
     min_improvement: float = Field(
         0.0, ge=0, description="noise floor: a run must beat the best by more than this to be kept"
     )
@@ -90,9 +95,19 @@ class Config(BaseModel):
         return value
 
     @property
+    def startup_limit(self) -> float:
+        """Seconds a run may take before timed training (torch.compile on a GPU needs tens of them)."""
+        return self.startup_allowance or (60.0 if _has_gpu() else 15.0)
+
+    @property
+    def handover_limit(self) -> float:
+        """Seconds a run may take after timed training: exporting the model."""
+        return self.handover_allowance or (30.0 if _has_gpu() else 15.0)
+
+    @property
     def hard_timeout(self) -> float:
         """The wall-clock limit: what the allowances add up to, with a margin for the slowest step."""
-        allowed = self.startup_allowance + self.time_budget * (1 + self.budget_tolerance) + self.handover_allowance
+        allowed = self.startup_limit + self.time_budget * (1 + self.budget_tolerance) + self.handover_limit
         return self.timeout or max(2 * self.time_budget + 60, allowed + 60)
 
     @property
@@ -121,6 +136,11 @@ class Config(BaseModel):
             return True
         gain = best - metric if self.direction == "minimize" else metric - best
         return gain > self.min_improvement
+
+
+def _has_gpu() -> bool:
+    """An NVIDIA GPU on this machine (its device files), without importing torch into the server."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 def load_config(root: Path) -> Config:

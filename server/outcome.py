@@ -111,11 +111,12 @@ def _status(
         return _self_reported(summary, config)
     if measured.export_error is not None:
         return "export_failed", f"save_model could not export the model: {measured.export_error}", None
+    if measured.model is None:
+        return "no_model", ("exited 0 without handing a model over: call prepare.training_starts() before the "
+                            "first timed step and end train.py with prepare.save_model(model)"), None  # fmt: skip
     late = over_budget(timing, config)
     if late is not None:
         return "over_budget", late, None
-    if measured.model is None:
-        return "no_model", "exited 0 without handing a model over; end train.py with prepare.save_model(model)", None
     evaluation = measured.evaluation
     if evaluation is None or evaluation.status == "failed":
         why = evaluation.reason if evaluation else "the evaluator did not run"
@@ -151,17 +152,17 @@ def over_budget(timing: dict[str, float], config: Config) -> str | None:
     """Why the server's clock says the run broke the budget, or None."""
     if "startup" not in timing:
         return "it never started timed training: call prepare.training_starts() right before the first step"
-    if timing["startup"] > config.startup_allowance:
+    if timing["startup"] > config.startup_limit:
         return (f"start-up took {timing['startup']:.1f}s before timed training, over the allowance of "
-                f"{config.startup_allowance:g}s")  # fmt: skip
+                f"{config.startup_limit:g}s")  # fmt: skip
     if "training" not in timing:
         return "it never ended timed training: end train.py with prepare.save_model(model)"
     allowed = allowed_training(config, timing.get("last_step"))
     if timing["training"] > allowed:
         return f"trained {timing['training']:.1f}s by the server's clock, over the {config.time_budget:g}s budget"
-    if timing["handover"] > config.handover_allowance:
+    if timing["handover"] > config.handover_limit:
         return (f"ran {timing['handover']:.1f}s after training ended, over the hand-over allowance of "
-                f"{config.handover_allowance:g}s")  # fmt: skip
+                f"{config.handover_limit:g}s")  # fmt: skip
     return None
 
 

@@ -41,6 +41,7 @@ class TrainFile(BaseModel):
     modified: bool = Field(description="the file differs from the last kept version")
     best: Best | None
     awaiting_decision: int | None = Field(description="a run id that needs keep or discard first")
+    budget_seconds: float = Field(description="the time budget of timed training, on the server's clock")
 
 
 class WriteResult(BaseModel):
@@ -51,7 +52,7 @@ class WriteResult(BaseModel):
 
 class RunResult(BaseModel):
     run_id: int
-    status: str = Field(description="ok, crash, timeout, no_metric, over_budget, cancelled, interrupted, tampered")
+    status: str = Field(description="ok, or why not (crash, over_budget, no_model, bad_model, ...: see reason)")
     metric: float | None
     best: float | None = Field(description="the best metric before this run")
     delta: float | None = Field(description="metric - best; negative is better when minimizing")
@@ -61,6 +62,8 @@ class RunResult(BaseModel):
     total_seconds: float | None
     commit: str
     reason: str | None = None
+    reported: float | None = Field(default=None, description="the metric the run printed itself (not used)")
+    flags: list[str] | None = Field(default=None, description="e.g. reported_mismatch, unsandboxed")
     log_tail: list[str] | None = Field(default=None, description="end of the log, on failure only")
     next: str
 
@@ -79,6 +82,7 @@ class HistoryView(BaseModel):
     counts: dict[str, int]
     awaiting_decision: int | None
     running: str | None = Field(description="the experiment running now, if any")
+    problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
     detail: RunDetail | None = None
 
 
@@ -107,7 +111,8 @@ def train_file(lab: Lab) -> TrainFile:
     pending = lab.pending()
     return TrainFile(path=lab.config.editable, content=content, base_commit=_short(lab.tip()),
                      modified=content != lab.kept_content(), best=best_of(lab),
-                     awaiting_decision=pending.id if pending else None)  # fmt: skip
+                     awaiting_decision=pending.id if pending else None,
+                     budget_seconds=lab.config.time_budget)  # fmt: skip
 
 
 def write(lab: Lab, content: str | None, edits: list[Edit] | None) -> WriteResult:
@@ -130,7 +135,8 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      delta=round(run.delta, 6) if run.delta is not None else None, improved=improved,
                      memory_gb=run.memory_gb, training_seconds=run.training_seconds,
                      total_seconds=run.total_seconds, commit=_short(run.commit), reason=run.reason,
-                     log_tail=tail, next=_next_step(run, improved))  # fmt: skip
+                     reported=run.reported, flags=run.flags or None, log_tail=tail,
+                     next=_next_step(run, improved))  # fmt: skip
 
 
 def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
@@ -162,7 +168,8 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
     return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
-                       running=running_now(lab), detail=detail)  # fmt: skip
+                       running=running_now(lab), problems=lab.history.problems() or None,
+                       detail=detail)  # fmt: skip
 
 
 def run_detail(lab: Lab, run: RunRecord) -> RunDetail:

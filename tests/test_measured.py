@@ -1,0 +1,175 @@
+"""The server measures the result: hostile train.py files, each run through the real server with the real
+experiment (its smallest model), and each ending with the evaluated metric or a refusal, never the faked one."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import EXPERIMENT, git, load_prepare, needs_bwrap
+
+from server.config import load_config
+from server.errors import StateError
+from server.history import RunRecord
+from server.loop import Lab
+
+pytestmark = [needs_bwrap, pytest.mark.slow]
+TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 80
+CONFIG = """\
+[autoresearch]
+tag = "test"
+time_budget = 2
+eval_tokens = 2048
+startup_allowance = 20
+handover_allowance = 20
+kill_grace = 1
+
+[autoresearch.env]
+AUTORESEARCH_MODEL_SIZE = "tiny"
+AUTORESEARCH_DEVICE = "cpu"
+"""
+HEAD = "import sys, os\nsys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\nimport prepare\n"
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
+    """A repository holding the real experiment, and a tiny byte-level dataset in a private cache."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
+    for i in range(2):
+        (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
+    load_prepare().main(["--source", "files", "--paths", str(tmp_path / "play0.txt"), str(tmp_path / "play1.txt"),
+                         "--byte-level", "--name", "tiny"])  # fmt: skip
+    repo = tmp_path / "repo"
+    shutil.copytree(EXPERIMENT, repo / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
+    (repo / "autoresearch.toml").write_text(CONFIG)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "initial")
+    return Lab(repo, load_config(repo))
+
+
+def run(lab: Lab, source: str, description: str = "hostile") -> tuple[RunRecord, str]:
+    lab.write(source)
+    record = lab.run(description)
+    return record, (lab.history.run_dir(record.id) / "log.txt").read_text()
+
+
+def train_with(lab: Lab, before: str = "", after: str = "") -> str:
+    """The default train.py with code inserted before main() runs and after it returns."""
+    source = (EXPERIMENT / "train.py").read_text()
+    main_call = 'if __name__ == "__main__":\n    main()\n'
+    assert main_call in source
+    return source.replace(main_call, f'if __name__ == "__main__":\n{before}    main()\n{after}')
+
+
+def test_the_default_experiment_is_scored_by_the_server_inside_the_sandbox(lab: Lab) -> None:
+    """Scenario: Measurement / the default train.py, sandboxed on CPU: it trains, hands its model over, and
+    the metric is the server's evaluator's, with the training time on the server's clock"""
+    baseline = lab.run("baseline")
+    assert baseline.status == "ok" and baseline.metric is not None and 0.5 < baseline.metric < 9
+    assert baseline.reported is None and "unsandboxed" not in baseline.flags  # the run cannot see val_bpb
+    assert 2.0 <= baseline.timing["training"] < 6.0 and baseline.training_seconds == baseline.timing["training"]
+    assert baseline.timing["evaluation"] > 0 and baseline.memory_gb is not None and baseline.memory_gb > 0.05
+    result = (lab.history.run_dir(1) / "eval-val" / "result.json").read_text()
+    assert str(baseline.metric)[:10] in result
+
+
+def test_a_printed_summary_without_a_model_is_not_a_result(lab: Lab) -> None:
+    """Scenario: Measurement / a train.py that prints `val_bpb: 0.1` without training: no model was handed
+    over, so the run has no metric and can never be kept"""
+    record, _ = run(lab, "print('---')\nprint('val_bpb: 0.100000')\nprint('training_seconds: 2.0')\n")
+    assert record.status == "no_model" and record.metric is None and record.reported == 0.1
+    with pytest.raises(StateError, match="can never be kept"):
+        lab.keep()
+
+
+def test_a_wrapped_evaluator_changes_only_what_the_run_says(lab: Lab) -> None:
+    """Scenario: Measurement / a train.py that wraps prepare.evaluate_bpb to scale its result and prints the
+    scaled figure: the metric is the server's evaluation; the printed one is kept as `reported`, flagged"""
+    wrap = "    import prepare\n    prepare.evaluate_bpb = lambda *a, **k: 0.01\n"
+    confess = "    print('---')\n    print('val_bpb: 0.010000')\n"
+    record, _ = run(lab, train_with(lab, before=wrap, after=confess))
+    assert record.status == "ok" and record.metric is not None and record.metric > 0.5
+    assert record.reported == 0.01 and "reported_mismatch" in record.flags
+
+
+def test_the_validation_split_is_not_visible_to_the_run(lab: Lab) -> None:
+    """Scenario: Measurement / a run that tries to read the validation split (to train on it): the file is
+    not in its sandbox, by its cached path or through prepare.py"""
+    data = lab.places.data
+    probe = (
+        HEAD
+        + f"""\
+for path in ({str(data / "val.bin")!r}, {str(data / "train.bin")!r}):
+    try:
+        print("read", path, len(open(path, "rb").read()))
+    except OSError as exc:
+        print("cannot read", path, type(exc).__name__)
+try:
+    prepare.load_split(prepare.dataset_dir(), "val")
+    print("loaded val")
+except FileNotFoundError as exc:
+    print("prepare refused:", exc)
+"""
+    )
+    record, log = run(lab, probe)
+    assert f"cannot read {data / 'val.bin'} FileNotFoundError" in log
+    assert f"read {data / 'train.bin'}" in log  # the training split is there
+    assert "loaded val" not in log and "only the server's evaluator reads it" in log
+    assert record.status == "no_model"
+
+
+def test_training_past_the_budget_is_over_budget_whatever_it_reports(lab: Lab) -> None:
+    """Scenario: Measurement / a run that trains three times its budget and reports the budget: the
+    server's clock says over_budget, and nothing is evaluated"""
+    source = (
+        HEAD
+        + """\
+import time, torch
+model = torch.nn.Sequential(torch.nn.Embedding(prepare.load_meta()["vocab_size"], 8),
+                            torch.nn.Linear(8, prepare.load_meta()["vocab_size"]))
+prepare.training_starts()
+time.sleep(6.5)
+prepare.save_model(model)
+print("---")
+print("training_seconds: 2.0")
+"""
+    )
+    record, _ = run(lab, source)
+    assert record.status == "over_budget" and "by the server's clock" in (record.reason or "")
+    assert record.metric is None and record.timing["training"] > 6 and "evaluation" not in record.timing
+
+
+def test_a_long_start_up_before_timed_training_is_over_budget(lab: Lab) -> None:
+    """Scenario: Measurement / a run that trains before it marks the start of timed training (here: sleeps
+    past the start-up allowance): over_budget, naming the allowance"""
+    config = lab.config.model_copy(update={"startup_allowance": 3.0})
+    lab = Lab(lab.root, config)
+    record, _ = run(lab, train_with(lab, before="    import time\n    time.sleep(4)\n"))
+    assert record.status == "over_budget" and "start-up took" in (record.reason or "") and "3s" in (record.reason or "")
+
+
+def test_a_model_that_cannot_be_exported_says_which_operation(lab: Lab) -> None:
+    """Scenario: Measurement / a model torch.export cannot capture: export_failed, with the exporter's reason
+    for the agent, never a bare crash"""
+    source = (
+        (EXPERIMENT / "train.py")
+        .read_text()
+        .replace(
+            '    def forward(self, idx, targets=None, reduction="mean"):\n',
+            '    def forward(self, idx, targets=None, reduction="mean"):\n'
+            "        if targets is None and idx.sum() > 0:\n            idx = idx.flip(1)\n",
+        )
+    )
+    record, _ = run(lab, source)
+    assert record.status == "export_failed" and "data-dependent" in (record.reason or "")
+
+
+def test_a_model_that_looks_ahead_is_refused_by_the_evaluator(lab: Lab) -> None:
+    """Scenario: Measurement / a model whose attention is not causal (it sees the tokens it must predict):
+    the evaluator's probes catch it; bad_model, never a metric"""
+    source = (EXPERIMENT / "train.py").read_text().replace("is_causal=True", "is_causal=False")
+    record, _ = run(lab, source)
+    assert record.status == "bad_model" and "must be causal" in (record.reason or "") and record.metric is None
