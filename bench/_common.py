@@ -52,19 +52,23 @@ def number(summary: dict[str, str], key: str) -> float:
 
 
 def run_train(budget: float, extra_env: dict[str, str]) -> dict[str, str]:
-    env = {**os.environ, **extra_env, "AUTORESEARCH_TIME_BUDGET": str(budget)}
-    print(f"[bench] train.py with a {budget:g}s budget ...", file=sys.stderr, flush=True)
-    result = subprocess.run(
-        [sys.executable, str(EXPERIMENT / "train.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    summary = parse_summary(result.stdout)
-    if result.returncode != 0 or as_float(summary, "val_bpb") is None:
-        raise SystemExit(f"train.py failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return summary
+    """train.py's summary, with the val_bpb the locked evaluator gives its handed-over model (run by hand,
+    as the server's evaluator would, minus the sandbox)."""
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        env = {**os.environ, **extra_env, "AUTORESEARCH_TIME_BUDGET": str(budget), "AUTORESEARCH_OUTPUT": tmp}
+        print(f"[bench] train.py with a {budget:g}s budget ...", file=sys.stderr, flush=True)
+        result = subprocess.run([sys.executable, str(EXPERIMENT / "train.py")], env=env, capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        summary = parse_summary(result.stdout)
+        scored = Path(tmp) / "result.json"
+        evaluate = [sys.executable, str(EXPERIMENT / "prepare.py"), "--evaluate", str(Path(tmp) / "model.pt2"),
+                    "--result", str(scored)]  # fmt: skip
+        if result.returncode == 0:
+            subprocess.run(evaluate, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        bpb = json.loads(scored.read_text()).get("bpb") if scored.exists() else None
+        if result.returncode != 0 or bpb is None:
+            raise SystemExit(f"train.py failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        return {**summary, "val_bpb": f"{bpb:.6f}"}
 
 
 def stats(values: list[float]) -> dict[str, float]:

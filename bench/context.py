@@ -92,7 +92,7 @@ def shell_repo(path: Path, source: Path, names: tuple[str, str]) -> Path:
 
 
 def shell_env(repo: BenchRepo) -> dict[str, str]:
-    env = repo.run_env()
+    env = repo.run_env(repo.path)
     env.pop("BENCH_STAMP_FILE", None)
     return {**env, "PATH": f"{Path(repo.argv[0]).parent}:{env.get('PATH', '')}"}
 

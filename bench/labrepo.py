@@ -7,6 +7,7 @@ interpreter's start and exit times to a stamps file, so a client can split an it
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from mcp import StdioServerParameters
@@ -119,6 +121,7 @@ class BenchRepo:
     argv: list[str]
     budget: float
     eval_tokens: int
+    evaluate: bool = False  # the direct run also runs the evaluator on the handed-over model, as the server does
 
     def read_stamps(self) -> list[Stamp]:
         """One Stamp per interpreter started so far, in start order (the exit watcher fills `gone`)."""
@@ -139,10 +142,11 @@ class BenchRepo:
         env = {**base_env(), "PYTHONPATH": str(ROOT)} if not command.exists() else base_env()
         return StdioServerParameters(command=argv[0], args=argv[1:], env=env, cwd=str(self.path))
 
-    def run_env(self) -> dict[str, str]:
-        """The environment the server gives a run (loop.Lab._launch), for the direct runs."""
+    def run_env(self, tree: Path) -> dict[str, str]:
+        """The environment the server gives a run (isolation.run_env), for the direct runs."""
         return {**base_env(), **self.env, "PYTHONUNBUFFERED": "1", "AUTORESEARCH_TIME_BUDGET": f"{self.budget:g}",
-                "AUTORESEARCH_EVAL_TOKENS": str(self.eval_tokens)}  # fmt: skip
+                "AUTORESEARCH_EVAL_TOKENS": str(self.eval_tokens), "AUTORESEARCH_OUTPUT": str(tree / "out"),
+                "AUTORESEARCH_SEED": "42"}  # fmt: skip
 
     def export(self) -> Path:
         """A copy of the checked-out tree (no .git, no state), like the server's run snapshot."""
@@ -151,18 +155,24 @@ class BenchRepo:
         return target
 
     def run_direct(self, tree: Path) -> float:
-        """Wall seconds of the same argv started by a plain subprocess, output to a log like the server's."""
+        """Wall seconds of the same argv started by a plain subprocess, output to a log like the server's, and
+        (evaluated contract) the evaluator run after it on the model, as a person would by hand."""
+        env = self.run_env(tree)
+        evaluate = [PYTHON, "experiment/prepare.py", "--evaluate", str(tree / "out" / "model.pt2"), "--result",
+                    str(tree / "result.json")]  # fmt: skip
         with (tree / "run.log").open("wb") as log:
             started = time.perf_counter()
-            subprocess.run(self.argv, cwd=tree, env=self.run_env(), stdin=subprocess.DEVNULL, stdout=log,
-                           stderr=subprocess.STDOUT, check=False)  # fmt: skip
+            for argv in [self.argv, *([evaluate] if self.evaluate else [])]:
+                subprocess.run(argv, cwd=tree, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                               stderr=subprocess.STDOUT, check=False)  # fmt: skip
             return time.perf_counter() - started
 
 
-def _config(editable: str, locked: str, command: str, budget: float, eval_tokens: int, env: dict[str, str]) -> str:
+def _config(editable: str, locked: str, command: str, budget: float, eval_tokens: int, env: dict[str, str],
+            extra: tuple[str, ...] = ()) -> str:  # fmt: skip
     lines = ["[autoresearch]", 'tag = "bench"', f'editable = "{editable}"', f'locked = ["{locked}"]',
              f"command = {command}", f"time_budget = {budget:g}", f"timeout = {2 * budget + 120:g}",
-             "kill_grace = 1", f"eval_tokens = {eval_tokens}", "", "[autoresearch.env]"]  # fmt: skip
+             "kill_grace = 1", f"eval_tokens = {eval_tokens}", *extra, "", "[autoresearch.env]"]  # fmt: skip
     return "\n".join([*lines, *(f'{k} = "{v}"' for k, v in env.items()), ""])
 
 
@@ -180,14 +190,16 @@ def _commit(path: Path) -> None:
     git(path, "commit", "-q", "-m", "initial")
 
 
-def fake_repo(path: Path, mode: str, budget: float) -> BenchRepo:
-    """The test suite's fake experiment in `mode` (e.g. "sleep": sleeps through its budget)."""
+def fake_repo(path: Path, mode: str, budget: float, sandbox: str = "off") -> BenchRepo:
+    """The test suite's fake experiment in `mode` (e.g. "sleep": sleeps through its budget); it prints its
+    own metric (the self-reported contract). Unsandboxed by default: its stamps file lives outside."""
     path.mkdir(parents=True)
     shutil.copy(FAKE / "prepare.py", path / "prepare.py")
     (path / "train.py").write_text((FAKE / "train.py").read_text().replace('MODE = "ok"', f'MODE = "{mode}"'))
     env, stamps = _stamp_env(path)
+    extra = ('contract = "self-reported"', f'sandbox = "{sandbox}"')
     (path / "autoresearch.toml").write_text(_config("train.py", "prepare.py", '["{python}", "train.py"]',
-                                                    budget, 1000, env))  # fmt: skip
+                                                    budget, 1000, env, extra))  # fmt: skip
     _commit(path)
     return BenchRepo(path, "train.py", stamps, env, [PYTHON, "train.py"], budget, 1000)
 
@@ -215,14 +227,25 @@ def default_dataset() -> dict[str, str]:
     return {}
 
 
-def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int) -> BenchRepo:
-    """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml."""
+def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int,
+              sandbox: str = "bwrap") -> BenchRepo:  # fmt: skip
+    """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml: the
+    server's evaluator scores each run (the stamps file is out of the sandbox's reach: phases come from the
+    server's own record of each run)."""
     path.mkdir(parents=True)
-    shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
     env, stamps = _stamp_env(path)
     env = {**env, **data_env, "AUTORESEARCH_DEVICE": "cpu", **({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})}
     command = '["{python}", "experiment/train.py"]'
     (path / "autoresearch.toml").write_text(_config("experiment/train.py", "experiment/prepare.py", command,
-                                                    budget, eval_tokens, env))  # fmt: skip
+                                                    budget, eval_tokens, env, (f'sandbox = "{sandbox}"',)))  # fmt: skip
     _commit(path)
-    return BenchRepo(path, "experiment/train.py", stamps, env, [PYTHON, "experiment/train.py"], budget, eval_tokens)
+    return BenchRepo(path, "experiment/train.py", stamps, env, [PYTHON, "experiment/train.py"], budget, eval_tokens,
+                     evaluate=True)  # fmt: skip
+
+
+def records(repo: BenchRepo) -> dict[int, dict[str, Any]]:
+    """The server's own record of each run of the repository (timing, wall seconds, status), by id."""
+    events = (repo.path / ".autoresearch" / "bench" / "runs.jsonl").read_text().splitlines()
+    ends = [json.loads(line) for line in events]
+    return {e["run"]["id"]: e["run"] for e in ends if e.get("type") == "end"}

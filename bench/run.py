@@ -25,11 +25,12 @@ from typing import Any
 import context
 import overhead
 import render
+import sandbox
 import throughput
 from labrepo import PYTHON, ROOT
 from report import git_state, machine
 
-PARTS = ["overhead", "throughput", "context", "quality", "data"]
+PARTS = ["overhead", "throughput", "context", "quality", "data", "sandbox"]
 BENCH = Path(__file__).parent
 QUICK_OUT = BENCH / "out" / "quick"  # quick figures are for smoke tests: never over the committed ones by default
 EXTERNAL = {"quality": ("bench_quality.py", "4. Baseline quality"), "data": ("bench_data.py", "5. Data pipeline")}
@@ -64,12 +65,16 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         return throughput.run(args.quick, args.iterations, args.budget)
     if part == "context":
         return context.run(args.quick)
+    if part == "sandbox":
+        return sandbox.run(args.quick)
     return external(part, args.quick, args.out)
 
 
 def markdown(res: dict[str, Any]) -> str:
     parts = [render.header(res)]
-    for name, draw in (("overhead", render.overhead), ("throughput", render.throughput), ("context", render.context)):
+    drawn = (("overhead", render.overhead), ("throughput", render.throughput), ("context", render.context),
+             ("sandbox", render.sandbox))  # fmt: skip
+    for name, draw in drawn:
         if name in res:
             body = f"## {name}\n\nFailed: {res[name]['error']}" if "error" in res[name] else draw(res[name])
             parts.append(body + "\n\n" + render.provenance(res["provenance"][name]))

@@ -1,8 +1,10 @@
 """Benchmark 2, loop throughput: experiments per hour of machine time against the limit 3600 / budget.
 
-An iteration is everything from one run_experiment call to the next: the server's bookkeeping before the
-process starts, interpreter start-up and exit, the script's own set-up and evaluation (total_seconds -
-training_seconds), training_seconds, the server's bookkeeping after, and the keep/discard call.
+An iteration is everything from one run_experiment call to the next, sandboxed and scored by the server's
+evaluator as in real use. Its phases come from the server's own record of the run (its clock on the marker
+lines): start-up (process start to timed training), training, hand-over (the export), evaluation (from the
+server's word to the warm evaluator until its result), the rest of the call (the commit, the sandbox, the
+records), and the keep/discard call and the client's gap.
 """
 
 from __future__ import annotations
@@ -16,54 +18,38 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from labrepo import PYTHON, BenchRepo, ExitWatcher, Stamp, base_env, default_dataset, real_repo, tiny_dataset
+from labrepo import PYTHON, BenchRepo, base_env, default_dataset, real_repo, records, tiny_dataset
 from mcp import Client
 from report import summarize
 from session import checked, decide
 
-TARGET_PERCENT = 95.0
+TARGETS = {60.0: 93.0, 300.0: 98.0}  # percent of 3600/budget, sandboxed and scored by the server
 ORIGINAL_PERCENT = 100 * 300 / 326  # the original: a 300 s budget in about 326 s per experiment on an H100
-PHASES = [
-    "server_before",
-    "interpreter",
-    "setup_and_eval",
-    "training",
-    "interpreter_exit",
-    "server_after",
-    "decision",
-    "client_gap",
-]
+PHASES = ["startup", "training", "handover", "evaluation", "server_rest", "decision", "client_gap"]
 
 
-def _iteration(run: dict[str, Any], decision_s: float, cycle: float, stamps: list[Stamp],
-               started: float, ended: float) -> dict[str, float]:  # fmt: skip
-    training = float(run.get("training_seconds") or math.nan)
-    total = float(run.get("total_seconds") or math.nan)
-    first = stamps[0] if stamps else Stamp(0, math.nan, math.nan)
-    phases = {"server_before": first.start - started, "interpreter": (first.end - first.start) - total,
-              "setup_and_eval": total - training, "training": training, "interpreter_exit": first.gone - first.end,
-              "server_after": ended - first.gone, "decision": decision_s}  # fmt: skip
-    phases["client_gap"] = cycle - sum(phases.values())
-    return {**phases, "cycle": cycle}
+def _iteration(record: dict[str, Any], call_s: float, decision_s: float, cycle: float) -> dict[str, float]:
+    timing = record.get("timing", {})
+    phases = {key: float(timing.get(key, math.nan)) for key in ("startup", "training", "handover", "evaluation")}
+    measured = sum(v for v in phases.values() if not math.isnan(v))
+    phases.update(server_rest=call_s - measured, decision=decision_s, client_gap=cycle - call_s - decision_s)
+    return {**phases, "cycle": cycle, "ok": float(record.get("status") == "ok")}
 
 
 async def measure(repo: BenchRepo, iterations: int) -> list[dict[str, float]]:
-    rows: list[dict[str, float]] = []
+    calls: list[tuple[int, float, float, float]] = []  # run id, call seconds, decision seconds, call start
     async with Client(repo.server_params()) as client:
-        pending: tuple[dict[str, Any], float, list[Stamp], float, float] | None = None
         for i in range(iterations + 1):
             started = time.time()
-            if pending is not None:  # the previous iteration ends where this one's call starts
-                rows.append(_iteration(pending[0], pending[1], started - pending[3], pending[2], pending[3],
-                                       pending[4]))  # fmt: skip
             if i == iterations:
                 break
-            watcher = ExitWatcher(repo)
             run = await checked(client, "run_experiment", description=f"throughput {i}")
-            stamps = watcher.stop()
             decision = await decide(client, run)
-            pending = (run.data, decision.seconds, stamps, run.started, run.ended)
-    return rows
+            calls.append((int(run.data["run_id"]), run.seconds, decision.seconds, started))
+    done = records(repo)
+    ends = [c[3] for c in calls[1:]] + [started]  # an iteration ends where the next call starts
+    return [_iteration(done[run_id], call_s, decision_s, end - start)
+            for (run_id, call_s, decision_s, start), end in zip(calls, ends, strict=True)]  # fmt: skip
 
 
 def import_seconds(repeats: int) -> dict[str, float]:
@@ -77,13 +63,18 @@ def import_seconds(repeats: int) -> dict[str, float]:
 
 
 def report(rows: list[dict[str, float]], budget: float) -> dict[str, Any]:
-    figures = {key: summarize([r[key] for r in rows]) for key in [*PHASES, "cycle"]}
+    figures = {key: summarize([r[key] for r in rows]) for key in [*PHASES, "cycle", "ok"]}
     percent = summarize([100 * budget / r["cycle"] for r in rows])
     per_hour = summarize([3600 / r["cycle"] for r in rows])
     return {"budget_s": budget, "iterations": len(rows), "limit_per_hour": 3600 / budget,
             "experiments_per_hour": per_hour, "percent_of_limit": percent, **figures,
-            "original_percent": ORIGINAL_PERCENT, "target_percent": TARGET_PERCENT,
-            "met": percent["median"] >= TARGET_PERCENT, "rows": rows}  # fmt: skip
+            "original_percent": ORIGINAL_PERCENT, "target_percent": target(budget),
+            "met": percent["median"] >= target(budget), "rows": rows}  # fmt: skip
+
+
+def target(budget: float) -> float:
+    """The target for this budget: 93% at 60 s, 98% at 300 s, in between on the line through them."""
+    return min(98.0, max(93.0, 93.0 + (budget - 60.0) * 5.0 / 240.0))
 
 
 def run(quick: bool, iterations: int | None = None, budget: float | None = None) -> dict[str, Any]:

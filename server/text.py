@@ -35,10 +35,20 @@ def one_line(text: str, limit: int | None = 300) -> str:
     return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def _git_verb(command: object) -> str:
+    """The subcommand of a git argv, past the options (the server's `-c key=value` pairs)."""
+    if not isinstance(command, list):
+        return "a command"
+    args = [str(a) for a in command[1:]]
+    while args and args[0].startswith("-"):
+        args = args[2:] if args[0] == "-c" else args[1:]
+    return args[0] if args else "a command"
+
+
 def what_failed(exc: BaseException) -> str:
     """An unexpected failure (git, the operating system, a bug) as a clause: what failed and how."""
     if isinstance(exc, git.GitCommandError):
-        verb = exc.command[1] if isinstance(exc.command, list) and len(exc.command) > 1 else "a command"
+        verb = _git_verb(exc.command)
         said = _first_line(str(exc.stderr or "")) or f"exit code {exc.status}"
         return f"git {verb} failed ({said})"
     if isinstance(exc, OSError):

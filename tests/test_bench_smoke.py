@@ -34,14 +34,15 @@ def test_quick_suite_writes_every_figure(tmp_path: Path) -> None:
     for part, script in (("quality", "bench_quality.py"), ("data", "bench_data.py")):
         if (REPO_ROOT / "bench" / script).exists():
             assert "skipped" not in results[part], results[part]
-    for heading in ("## 1. Loop overhead", "## 2. Loop throughput", "## 3. Context economy"):
+    assert results["sandbox"]["sandbox"]["added"]["n"] >= 1 and results["sandbox"]["verification"]["ok"]["median"] == 1
+    for heading in ("## 1. Loop overhead", "## 2. Loop throughput", "## 3. Context economy", "## 6. The sandbox"):
         assert heading in markdown
     for kind in ("latest", "all"):  # recovery compared like with like, both ways
         assert results["context"]["scripted"]["recovery"][kind]["shell"]["bytes"] > 0
     for part in ("overhead", "throughput", "context", "quality", "data"):
         origin = results["provenance"][part]
         assert set(origin) >= {"commit", "dirty", "settings", "machine", "load"} and origin["settings"]["quick"]
-    assert markdown.count("*Measured at commit `") == 5  # under every section
+    assert markdown.count("*Measured at commit `") == 6  # under every section
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def add_run(state: Path, run_id: int, metric: float | None, decision: str | None
 def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)  # the CLI works in a repository only
     (root / "autoresearch.toml").write_text('[autoresearch]\ntag = "night"\n')
     state = root / ".autoresearch"
     for run_id, metric, decision in [(1, 2.0, "keep"), (2, 1.8, "keep"), (3, 1.9, "discard"), (4, None, None),
