@@ -92,6 +92,16 @@ def source_paths(data: Path) -> list[Path]:
     return [Path(p) for p in meta.get("source_paths", []) if isinstance(p, str) and Path(p).is_absolute()]
 
 
+def train_tokens(data: Path) -> int | None:
+    """Tokens in the dataset's train split, as prepare.py recorded them in meta.json (None if unknown)."""
+    try:
+        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+        tokens = meta["outputs"]["train.bin"]["tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return tokens if isinstance(tokens, int) and tokens > 0 else None
+
+
 def run_env(config: Config, places: Places, scratch: Path, output: Path, seed: int) -> dict[str, str]:
     """The training run's whole environment."""
     env = _base_env(config, places, scratch)

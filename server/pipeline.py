@@ -24,7 +24,7 @@ from server import gitops, pins
 from server.config import Config
 from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, stage_locked
 from server.history import History, RunRecord, atomic_write
-from server.isolation import Places, run_env, run_view
+from server.isolation import Places, run_env, run_view, train_tokens
 from server.outcome import Measured, over_budget, timings
 from server.runner import Execution, Outcome, Runner, RunSpec
 
@@ -123,12 +123,12 @@ def measure(
 ) -> Measured:
     """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time."""
     model, export_error = handed_over(candidate.output)
-    measured = Measured(outcome, candidate.log, changed, model, export_error)
+    measured = Measured(outcome, candidate.log, changed, model, export_error, train_tokens=train_tokens(places.data))
     earned = outcome.stop == "exited" and outcome.exit_code == 0 and over_budget(timings(outcome), config) is None
     if not config.evaluated or model is None or changed or not earned:
         return measured
     evaluation = score(repo, runner, config, places, candidate, model)
-    return Measured(outcome, candidate.log, changed, model, export_error, evaluation)
+    return Measured(outcome, candidate.log, changed, model, export_error, evaluation, measured.train_tokens)
 
 
 def score(

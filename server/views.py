@@ -63,6 +63,8 @@ class RunResult(BaseModel):
     reason: str | None = None
     log_tail: list[str] | None = Field(default=None, description="end of the log, on failure only")
     next: str
+    epochs: float | None = Field(default=None, description="passes over the training data; over 1 repeats it")
+    flags: list[str] = Field(default_factory=list, description="e.g. repeated_data: it trained on some data twice")
 
 
 class RunDetail(BaseModel):
@@ -130,7 +132,7 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      delta=round(run.delta, 6) if run.delta is not None else None, improved=improved,
                      memory_gb=run.memory_gb, training_seconds=run.training_seconds,
                      total_seconds=run.total_seconds, commit=_short(run.commit), reason=run.reason,
-                     log_tail=tail, next=_next_step(run, improved))  # fmt: skip
+                     log_tail=tail, next=_next_step(run, improved), epochs=run.epochs, flags=run.flags)  # fmt: skip
 
 
 def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
