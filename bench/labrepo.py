@@ -215,12 +215,16 @@ def default_dataset() -> dict[str, str]:
     return {}
 
 
-def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int) -> BenchRepo:
-    """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml."""
+def real_repo(
+    path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int, device: str | None = "cpu"
+) -> BenchRepo:
+    """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml; device
+    None lets train.py pick (CUDA first)."""
     path.mkdir(parents=True)
     shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__"))
     env, stamps = _stamp_env(path)
-    env = {**env, **data_env, "AUTORESEARCH_DEVICE": "cpu", **({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})}
+    env = {**env, **data_env, **({"AUTORESEARCH_DEVICE": device} if device else {})}
+    env.update({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})
     command = '["{python}", "experiment/train.py"]'
     (path / "autoresearch.toml").write_text(_config("experiment/train.py", "experiment/prepare.py", command,
                                                     budget, eval_tokens, env))  # fmt: skip
