@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -114,6 +115,19 @@ def demo(work: Path, env: dict[str, str], experiments: int, budget: float) -> di
     return result
 
 
+def set_constants(source: str, settings: list[str]) -> str:
+    """train.py with top-level constants replaced (`BATCH_SIZE=128`): candidate GPU settings are measured by
+    the check on its own copy, never changed blind in the project's train.py."""
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        pattern = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
+        if not name.isidentifier() or not value or len(pattern.findall(source)) != 1:
+            raise SystemExit(f"--set {setting}: train.py has no single top-level constant {name!r} to set")
+        line = f"{name} = {value}  # set by the GPU check"
+        source = pattern.sub(lambda _, line=line: line, source)  # a function: no escapes in the value
+    return source
+
+
 def data_env(cpu: bool, work: Path) -> dict[str, str]:
     """The dataset every run uses: a tiny byte-level one on the CPU path, else Shakespeare (offline)."""
     if cpu:
@@ -137,6 +151,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         env = data_env(args.cpu, work)
         repo = real_repo(work / "repo", env, args.budget, tiny=args.cpu, eval_tokens=args.eval_tokens,
                          device="cpu" if args.cpu else None)  # fmt: skip
+        if args.set:
+            train = repo.path / "experiment" / "train.py"
+            train.write_text(set_constants(train.read_text(), args.set))
+            git(repo.path, "commit", "-qam", "gpu check settings")
         records, loop_wall = anyio.run(server_runs, repo.server_params(), args.runs)
         result = figures(records, loop_wall)
         shown = demo(work, env, args.demo_experiments, args.demo_budget) if args.demo_experiments else None
@@ -151,7 +169,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "device": gpu if on_gpu else "cpu", "commit": commit + (" (with uncommitted changes)" if dirty else ""),
         "settings": {"budget_s": args.budget, "runs": args.runs, "eval_tokens": args.eval_tokens,
                      "demo_experiments": args.demo_experiments, "demo_budget_s": args.demo_budget,
-                     "dataset": env.get("AUTORESEARCH_DATASET")},
+                     "dataset": env.get("AUTORESEARCH_DATASET"), "train_py_settings": args.set},
         **result, "demo": shown, "seconds": seconds, "within_limit": seconds <= LIMIT_S,
     }  # fmt: skip
 
@@ -164,6 +182,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=2, help="server runs of the unchanged train.py (at least 2)")
     p.add_argument("--eval-tokens", type=int, default=2 * 524288, help="validation tokens scored per run")
     p.add_argument("--demo-experiments", type=int, default=2, help="demo runs incl. its baseline; 0 skips it")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="measure train.py with a constant changed, e.g. BATCH_SIZE=128 (repeatable)",
+    )
     p.add_argument("--demo-budget", type=float, help="seconds of training per demo run (default 15; 1 with --cpu)")
     args = p.parse_args(argv)
     args.budget = args.budget or (1.0 if args.cpu else 30.0)

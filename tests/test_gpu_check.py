@@ -42,6 +42,15 @@ def test_figures_without_mfu_say_none(gpu: ModuleType) -> None:
     assert result["mfu_percent"] is None and result["startup_second_s"] is None
 
 
+def test_candidate_settings_change_one_constant_of_a_copy(gpu: ModuleType) -> None:
+    source = (REPO_ROOT / "experiment" / "train.py").read_text()
+    changed = gpu.set_constants(source, ["BATCH_SIZE=128", "COMPILE=True"])
+    assert "\nBATCH_SIZE = 128  # set by the GPU check\n" in changed and "\nCOMPILE = True  #" in changed
+    assert len(changed.splitlines()) == len(source.splitlines())
+    with pytest.raises(SystemExit, match="no single top-level constant 'NOPE'"):
+        gpu.set_constants(source, ["NOPE=1"])
+
+
 @pytest.mark.slow
 def test_the_cpu_path_runs_the_server_and_the_demo_and_says_it_is_not_gpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
