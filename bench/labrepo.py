@@ -228,14 +228,15 @@ def default_dataset() -> dict[str, str]:
 
 
 def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int,
-              sandbox: str = "bwrap") -> BenchRepo:  # fmt: skip
+              sandbox: str = "bwrap", device: str | None = "cpu") -> BenchRepo:  # fmt: skip
     """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml: the
     server's evaluator scores each run (the stamps file is out of the sandbox's reach: phases come from the
-    server's own record of each run)."""
+    server's own record of each run); device None lets train.py pick (CUDA first)."""
     path.mkdir(parents=True)
     shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
     env, stamps = _stamp_env(path)
-    env = {**env, **data_env, "AUTORESEARCH_DEVICE": "cpu", **({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})}
+    env = {**env, **data_env, **({"AUTORESEARCH_DEVICE": device} if device else {})}
+    env.update({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})
     command = '["{python}", "experiment/train.py"]'
     (path / "autoresearch.toml").write_text(_config("experiment/train.py", "experiment/prepare.py", command,
                                                     budget, eval_tokens, env, (f'sandbox = "{sandbox}"',)))  # fmt: skip

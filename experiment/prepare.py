@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import argparse
 import base64
+import concurrent.futures
 import contextlib
+import errno
 import hashlib
+import http.client
 import importlib.util
 import io
 import json
 import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
@@ -62,6 +68,11 @@ DEFAULT_CACHE = "~/.cache/autoresearch"  # root of prepared datasets
 CLIMBMIX_URL = "https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main"
 DOWNLOAD_RETRIES = 5  # attempts per shard
 DOWNLOAD_BACKOFF = 0.5  # seconds; doubled after each failed attempt
+CLIMBMIX_SHARDS = 10  # training shards downloaded by default (about 100 MB of parquet each), as in the original
+CLIMBMIX_VAL_SHARD = 6542  # the original pins the hub's last shard, shard_06542.parquet, as validation
+DOWNLOAD_WORKERS = 8  # shards downloaded at once (threads)
+CLIMBMIX_MANIFEST = "manifest.json"  # sha256 of every shard, next to the shards, recorded on first download
+CUDA_DATASET = f"climbmix{CLIMBMIX_SHARDS}-bpe{VOCAB_SIZE}"  # the default dataset where CUDA is available
 MARK_START = "autoresearch: timed training starts"  # the server's clock starts the budget at this line
 MARK_END = "autoresearch: timed training ends"  # ... and stops it at the last such line
 MARK_SAVED = "autoresearch: model saved"
@@ -83,12 +94,17 @@ def cache_root() -> Path:
     return Path(os.environ.get("AUTORESEARCH_CACHE", DEFAULT_CACHE)).expanduser()
 
 
+def default_dataset() -> str:
+    """What `prepare` makes with no --source: the original's climbmix on CUDA, Shakespeare elsewhere."""
+    return CUDA_DATASET if torch.cuda.is_available() else DEFAULT_DATASET
+
+
 def dataset_dir(name: str | None = None) -> Path:
-    return cache_root() / (name or os.environ.get("AUTORESEARCH_DATASET", DEFAULT_DATASET))
+    return cache_root() / (name or os.environ.get("AUTORESEARCH_DATASET") or default_dataset())
 
 
 CACHE_DIR = cache_root()
-DATASET = os.environ.get("AUTORESEARCH_DATASET", DEFAULT_DATASET)
+DATASET = os.environ.get("AUTORESEARCH_DATASET") or default_dataset()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,57 +221,173 @@ def climbmix_base_url() -> str:
     return os.environ.get("AUTORESEARCH_CLIMBMIX_URL", CLIMBMIX_URL).rstrip("/")
 
 
-def download(url: str, dest: Path, retries: int = DOWNLOAD_RETRIES) -> None:
-    """Download url to dest with retries and exponential backoff; the file appears only when complete."""
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+OFFLINE_CHOICES = (
+    "prepare offline with --source shakespeare, with --source files --paths DIR ..., or from a copy of the shards "
+    "with AUTORESEARCH_CLIMBMIX_URL=file:///path/to/shards"
+)
+
+
+class DownloadStopped(Exception):
+    """Another shard's download failed for good: this one stops too (its partial file stays for a resume)."""
+
+
+class ShardProgress:
+    """One progress bar for shards downloaded in parallel, and the signal that stops them all."""
+
+    def __init__(self, names: list[str], label: str = "climbmix shards") -> None:
+        self.fraction = dict.fromkeys(names, 0.0)
+        self.label, self.lock, self.stop = label, threading.Lock(), threading.Event()
+        self.shown = 0.0
+
+    def update(self, name: str, done: int, total: int) -> None:
+        with self.lock:
+            self.fraction[name] = done / total if total > 0 else 0.0
+            now, finished = time.monotonic(), all(f >= 1.0 for f in self.fraction.values())
+            if finished or now - self.shown > 0.2:  # eight threads, a chunk each per megabyte: draw 5 times a second
+                self.shown = now
+                progress_bar(self.label, sum(min(1.0, f) for f in self.fraction.values()), len(self.fraction))
+
+
+def download(url: str, dest: Path, retries: int = DOWNLOAD_RETRIES, progress: ShardProgress | None = None) -> None:
+    """Download url to dest with retries and exponential backoff. A partial download (dest.part) is resumed with
+    an HTTP Range request, in this call or a later one; dest appears only when complete."""
+    progress = progress or ShardProgress([dest.name], dest.name)
+    part = dest.with_name(dest.name + ".part")
     for attempt in range(1, retries + 1):
-        tmp = _tmp_path(dest)
         try:
-            _download_once(url, tmp, dest.name)
-            os.replace(tmp, dest)
+            _download_once(url, part, dest.name, progress)
+            os.replace(part, dest)
             return
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            tmp.unlink(missing_ok=True)
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if isinstance(exc, urllib.error.HTTPError):
                 exc.close()  # an HTTPError holds the open response; close it now, not at garbage collection
+                if exc.code == 416:  # the partial file is not a prefix of what the server has: start again
+                    part.unlink(missing_ok=True)
+                elif 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    raise SystemExit(f"{url} is not there (HTTP {exc.code}): check AUTORESEARCH_CLIMBMIX_URL") from exc
             if attempt == retries:
-                raise SystemExit(f"download failed after {retries} attempts: {url}: {exc}") from exc
+                raise SystemExit(download_failure(url, retries, exc)) from exc
             wait = DOWNLOAD_BACKOFF * 2 ** (attempt - 1)
             log(f"attempt {attempt} for {url} failed ({exc}); retrying in {wait:.1f}s")
-            time.sleep(wait)
+            if progress.stop.wait(wait):
+                raise DownloadStopped(url) from exc
 
 
-def _download_once(url: str, tmp: Path, label: str) -> None:
-    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as f:
-        total = int(resp.headers.get("Content-Length") or 0)
-        done = 0
-        while chunk := resp.read(1 << 20):
-            f.write(chunk)
-            done += len(chunk)
-            if total:
-                progress_bar(label, done, total)
-        f.flush()
-        os.fsync(f.fileno())
-    if total == 0:
-        progress_bar(label, 1, 1)
+def download_failure(url: str, retries: int, exc: BaseException) -> str:
+    """One sentence: offline (with the offline choices), or why the download failed."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    offline = isinstance(reason, ConnectionError | socket.gaierror | TimeoutError) or (
+        isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+    )
+    if offline and not isinstance(exc, urllib.error.HTTPError):
+        host = urllib.parse.urlsplit(url).netloc or url
+        return f"cannot reach {host} to download climbmix ({reason}): this machine looks offline; {OFFLINE_CHOICES}."
+    return f"download failed after {retries} attempts: {url}: {exc}"
+
+
+def _download_once(url: str, part: Path, name: str, progress: ShardProgress) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        resumed = have > 0 and getattr(resp, "status", None) == 206  # else the whole file came (file://, no Range)
+        have = have if resumed else 0
+        length = int(resp.headers.get("Content-Length") or 0)
+        total, done = have + length, have
+        with open(part, "ab" if resumed else "wb") as f:
+            while chunk := resp.read(1 << 20):
+                if progress.stop.is_set():
+                    raise DownloadStopped(url)
+                f.write(chunk)
+                done += len(chunk)
+                progress.update(name, done, total)
+            f.flush()
+            os.fsync(f.fileno())
+    if length and done < total:  # the connection closed early: the next attempt resumes from here
+        raise OSError(f"the connection closed after {done} of {total} bytes")
+    progress.update(name, 1, 1)
+
+
+def read_manifest(path: Path) -> dict[str, str]:
+    """sha256 per shard, recorded when each was first downloaded (or written by the human for a mirror)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except ValueError as exc:
+        raise SystemExit(f"{path} is not valid JSON ({exc}); fix or delete it to record them again") from exc
+    return {name: entry["sha256"] for name, entry in data.get("shards", {}).items()}
+
+
+def fetch_shard(name: str, folder: Path, recorded: str | None, progress: ShardProgress) -> str:
+    """The shard in folder, downloaded or resumed if missing, checked against its recorded sha256 (a mismatch is
+    downloaded once more, then refused); returns its sha256."""
+    path = folder / name
+    if path.exists():
+        digest = sha256_file(path)
+        if recorded in (None, digest):
+            progress.update(name, 1, 1)
+            return digest
+        log(f"{name} does not match the sha256 recorded when it was first downloaded; downloading it again")
+        path.unlink()
+    download(f"{climbmix_base_url()}/{name}", path, progress=progress)
+    digest = sha256_file(path)
+    if recorded not in (None, digest):
+        path.unlink()
+        raise SystemExit(
+            f"{name} from {climbmix_base_url()} has sha256 {digest[:16]}..., not the {recorded[:16]}... recorded in "
+            f"{folder / CLIMBMIX_MANIFEST} when it was first downloaded: the source changed or corrupts data; "
+            "delete that entry only if you trust the new file"
+        )
+    return digest
+
+
+def download_shards(names: list[str], folder: Path, workers: int = DOWNLOAD_WORKERS) -> dict[str, str]:
+    """Every named shard in folder, fetched by a pool of threads; their sha256, also recorded in the manifest."""
+    manifest_path = folder / CLIMBMIX_MANIFEST
+    recorded = read_manifest(manifest_path)
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        log(f"climbmix: downloading {len(missing)} of {len(names)} shards from {climbmix_base_url()}")
+    progress, lock = ShardProgress(names), threading.Lock()
+
+    def one(name: str) -> str:
+        if progress.stop.is_set():
+            raise DownloadStopped(name)
+        digest = fetch_shard(name, folder, recorded.get(name), progress)
+        with lock:
+            if recorded.get(name) != digest:
+                recorded[name] = digest
+                shards = {n: {"sha256": h, "url": f"{climbmix_base_url()}/{n}"} for n, h in sorted(recorded.items())}
+                atomic_write_json(manifest_path, {"shards": shards})
+        return digest
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:
+        futures = [pool.submit(one, name) for name in names]
+        for future in concurrent.futures.as_completed(futures):
+            failure = future.exception()
+            if failure is not None and not isinstance(failure, DownloadStopped):
+                progress.stop.set()  # the others stop at their next chunk; their partial files stay for a resume
+                pool.shutdown(cancel_futures=True)
+                print(file=sys.stderr)
+                raise failure
+    return {name: future.result() for name, future in zip(names, futures, strict=True)}
 
 
 def climbmix_corpus(num_shards: int) -> Corpus:
-    """Shards 0..N-2 are train, the last downloaded shard is validation (as in the original)."""
-    if num_shards < 2:
-        raise SystemExit("--num-shards must be at least 2 (train shards + one validation shard)")
+    """Training shards 0..N-1 and the pinned validation shard (as in the original), downloaded if missing."""
+    if not 1 <= num_shards < CLIMBMIX_VAL_SHARD:
+        raise SystemExit(f"--num-shards must be 1 to {CLIMBMIX_VAL_SHARD - 1} (training shards; validation is extra)")
     import pyarrow.parquet as pq  # lazy: only this source needs pyarrow
 
     shard_dir = cache_root() / "climbmix-shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    docs: list[list[str]] = []
-    inputs: dict[str, str] = {}
-    for index in range(num_shards):
-        name = f"shard_{index:05d}.parquet"
-        path = shard_dir / name
-        if not path.exists():
-            download(f"{climbmix_base_url()}/{name}", path)
-        inputs[name] = sha256_file(path)
-        docs.append([t for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t])
+    names = [shard_name(i) for i in range(num_shards)] + [shard_name(CLIMBMIX_VAL_SHARD)]
+    inputs = download_shards(names, shard_dir)
+    docs = [[t for t in pq.read_table(shard_dir / n, columns=["text"]).column("text").to_pylist() if t] for n in names]
     train = [d for shard in docs[:-1] for d in shard]
     log(f"climbmix: {len(train)} train documents, {len(docs[-1])} validation documents")
     return train, docs[-1], inputs
@@ -453,13 +585,14 @@ def default_name(source: str, vocab_size: int, byte_level: bool, num_shards: int
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     about = "One-time data and tokenizer preparation for autoresearch."
     p = argparse.ArgumentParser(prog=os.environ.get("AUTORESEARCH_PROG"), description=about)  # the CLI names itself
-    p.add_argument("--source", choices=["shakespeare", "climbmix", "files"], default="shakespeare")
+    sources = ["shakespeare", "climbmix", "files"]
+    p.add_argument("--source", choices=sources, help="default: climbmix where CUDA is available, else shakespeare")
     p.add_argument("--paths", nargs="+", default=[], help="text files or directories (--source files)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help="BPE vocabulary incl. specials")
     group.add_argument("--byte-level", action="store_true", help="256 bytes + BOS, no training (fast tests)")
     p.add_argument("--name", help="dataset name under the cache (default: <source>-bpe<vocab> or -byte)")
-    p.add_argument("--num-shards", type=int, default=4, help="climbmix shards; the last is validation")
+    p.add_argument("--num-shards", type=int, default=CLIMBMIX_SHARDS, help="climbmix training shards (+ validation)")
     p.add_argument("--check", action="store_true", help="only say whether the dataset train.py uses is ready")
     p.add_argument("--evaluate", metavar="MODEL", help="(the server) score a handed-over model")
     p.add_argument("--result", metavar="JSON", help="(with --evaluate) where the result goes")
@@ -492,11 +625,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "files" and not args.paths:
         print("--source files needs --paths", file=sys.stderr)
         return 2
-    name = args.name or default_name(args.source, args.vocab_size, args.byte_level, args.num_shards)
+    source = args.source or default_source()
+    name = args.name or default_name(source, args.vocab_size, args.byte_level, args.num_shards)
     t0 = time.time()
-    prepare(args.source, args.paths, args.vocab_size, args.byte_level, name, args.num_shards)
+    prepare(source, args.paths, args.vocab_size, args.byte_level, name, args.num_shards)
     log(f"done in {time.time() - t0:.1f}s")
+    if name != dataset_dir().name:
+        print(f"note: train.py and the server use dataset {dataset_dir().name!r} here; to train on this one set "
+              f"AUTORESEARCH_DATASET={name} (in autoresearch.toml: [autoresearch.env])", flush=True)  # fmt: skip
     return 0
+
+
+def default_source() -> str:
+    """--source when none is given, said aloud: the original's climbmix on CUDA, Shakespeare elsewhere."""
+    if torch.cuda.is_available():
+        print("no --source given: climbmix, the original's data (CUDA is available)", flush=True)
+        return "climbmix"
+    print("no --source given: shakespeare, which a CPU trains on usefully (CUDA is not available)", flush=True)
+    return "shakespeare"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class RunRecord(BaseModel):
     seed: int | None = None
     settings: dict[str, Any] = Field(default_factory=dict, description="budget, sandbox and overrides in effect")
     gpu_memory_gb: float | None = None
+    epochs: float | None = Field(default=None, description="tokens trained / tokens in the train split")
     summary: dict[str, str] = Field(default_factory=dict)
     forced: bool = False
     force_reason: str | None = None

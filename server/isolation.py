@@ -5,8 +5,12 @@ only the evaluator sees the validation data.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +26,7 @@ BASE_ALLOW = (
 )  # fmt: skip
 DEFAULT_CACHE = "~/.cache/autoresearch"  # prepare.py's defaults, for a run whose config names no data
 DEFAULT_DATASET = "shakespeare-bpe8192"
+CUDA_DATASET = "climbmix10-bpe8192"  # prepare.py's default where torch sees CUDA (prepare.CUDA_DATASET)
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,25 @@ def data_dir(config: Config) -> Path:
     if config.data_dir:
         return Path(config.data_dir).expanduser().resolve()
     cache = config.env.get("AUTORESEARCH_CACHE") or os.environ.get("AUTORESEARCH_CACHE") or DEFAULT_CACHE
-    name = config.env.get("AUTORESEARCH_DATASET") or os.environ.get("AUTORESEARCH_DATASET") or DEFAULT_DATASET
+    name = config.env.get("AUTORESEARCH_DATASET") or os.environ.get("AUTORESEARCH_DATASET")
+    name = name or (CUDA_DATASET if cuda_available() else DEFAULT_DATASET)
     return (Path(cache).expanduser() / name).resolve()
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether the runs' torch sees CUDA, as prepare.py's default dataset depends on it. The server does not
+    import torch: where no NVIDIA driver library loads the answer is no at once, else torch is asked once."""
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    probe = [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"]
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == "True"
 
 
 def source_paths(data: Path) -> list[Path]:
@@ -68,6 +90,16 @@ def source_paths(data: Path) -> list[Path]:
     except (OSError, ValueError):
         return []
     return [Path(p) for p in meta.get("source_paths", []) if isinstance(p, str) and Path(p).is_absolute()]
+
+
+def train_tokens(data: Path) -> int | None:
+    """Tokens in the dataset's train split, as prepare.py recorded them in meta.json (None if unknown)."""
+    try:
+        meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+        tokens = meta["outputs"]["train.bin"]["tokens"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return tokens if isinstance(tokens, int) and tokens > 0 else None
 
 
 def run_env(config: Config, places: Places, scratch: Path, output: Path, seed: int) -> dict[str, str]:

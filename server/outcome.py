@@ -41,6 +41,7 @@ class Measured:
     model: Path | None = None  # the handed-over model, when there is one
     export_error: str | None = None
     evaluation: Evaluation | None = None  # None: not evaluated (self-reported, or it failed before)
+    train_tokens: int | None = None  # the dataset's train split, for the run's epochs
 
 
 def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
@@ -55,6 +56,9 @@ def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
         status, reason = "tampered", f"the run changed locked file {measured.tampered[0]}; its result is not accepted"
     reported = as_float(summary, config.metric)
     flags = _flags(config, reported, metric if status == "ok" else None)
+    epochs = passes(summary, measured.train_tokens)
+    if repeated_data(summary, epochs):
+        flags.append("repeated_data")
     outcome = measured.outcome
     memory_mb = outcome.peak_memory_mb
     training = timing.get("training") if config.evaluated else as_float(summary, "training_seconds")
@@ -65,7 +69,7 @@ def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
             "training_seconds": training, "total_seconds": outcome.wall_seconds, "wall_seconds": outcome.wall_seconds,
             "timing": timing, "memory_gb": round(memory_mb / 1024, 3) if memory_mb is not None else None,
             "gpu_memory_gb": round(outcome.peak_gpu_memory_mb / 1024, 3) if outcome.peak_gpu_memory_mb else None,
-            "ended_at": now(),
+            "epochs": epochs, "ended_at": now(),
         }
     )  # fmt: skip
 
@@ -88,6 +92,21 @@ def allowed_training(config: Config, last_step: float | None) -> float:
     overshoots), the step counted up to the tolerance again so that a fake long step gains little."""
     slack = config.time_budget * config.budget_tolerance
     return config.time_budget + slack + 1.0 + min(last_step or 0.0, slack + 1.0)
+
+
+def passes(summary: dict[str, str], train_tokens: int | None) -> float | None:
+    """How many times the run went through its training data: the tokens it trained on (its summary's
+    total_tokens_M) over the train split's tokens (the dataset's meta.json)."""
+    tokens_m = as_float(summary, "total_tokens_M")
+    if tokens_m is None or not train_tokens:
+        return None
+    return round(tokens_m * 1e6 / train_tokens, 3)
+
+
+def repeated_data(summary: dict[str, str], epochs: float | None) -> bool:
+    """Whether the run saw some training tokens more than once: the loss then measures memory, not learning."""
+    epoch = as_float(summary, "epoch")  # the dataloader's epoch when training ended (1 = the first pass)
+    return (epochs is not None and epochs > 1.0) or (epoch is not None and epoch >= 2)
 
 
 def _flags(config: Config, reported: float | None, metric: float | None) -> list[str]:

@@ -25,7 +25,7 @@ from server import gitops, pins
 from server.config import Config
 from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
 from server.history import History, RunRecord, atomic_write
-from server.isolation import Places, run_env, run_view
+from server.isolation import Places, run_env, run_view, train_tokens
 from server.outcome import Measured, over_budget, timings
 from server.runner import Execution, Outcome, Runner, RunSpec
 from server.summary import MODEL_FILE
@@ -159,7 +159,7 @@ def measure(
 ) -> Measured:
     """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time."""
     model, export_error = handed_over(candidate.output)
-    measured = Measured(outcome, candidate.log, changed, model, export_error)
+    measured = Measured(outcome, candidate.log, changed, model, export_error, train_tokens=train_tokens(places.data))
     earned = outcome.stop == "exited" and outcome.exit_code == 0 and over_budget(timings(outcome), config) is None
     if not config.evaluated or model is None or changed or not earned:
         if warm is not None:
@@ -168,8 +168,7 @@ def measure(
     warmed = warm.release(go=True) if warm is not None else None
     if warmed is None or warmed.status == "failed":  # cold, also when a custom evaluator cannot start warm
         warmed = score(repo, runner, config, places, candidate, model)
-    evaluation = warmed
-    return Measured(outcome, candidate.log, changed, model, export_error, evaluation)
+    return Measured(outcome, candidate.log, changed, model, export_error, warmed, measured.train_tokens)
 
 
 def score(

@@ -76,6 +76,13 @@ def fmt_memory(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def fmt_epochs(value: float | None) -> str:
+    """Passes over the training data: over 1, the run repeated its data (a bigger dataset is needed)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
 def _columns(runs: list[RunRecord], metric: str) -> list[list[str]]:
     """Every column but the description, header first; `<`/`>` in front of a header sets its alignment."""
     return [
@@ -84,6 +91,7 @@ def _columns(runs: list[RunRecord], metric: str) -> list[list[str]]:
         [">delta", *(fmt_delta(r) for r in runs)],
         [">GB", *(fmt_memory(r.memory_gb) for r in runs)],
         ["<outcome", *(_outcome_word(r) for r in runs)],
+        [">epochs", *(fmt_epochs(r.epochs) for r in runs)],
     ]
 
 
@@ -147,7 +155,7 @@ def render_table(
 ) -> Table:
     """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim."""
     table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
-    widths = {"#": 3, "commit": 7, metric: 8, "delta": 7, "mem GB": 6, "outcome": 9}
+    widths = {"#": 3, "commit": 7, metric: 8, "delta": 7, "mem GB": 6, "outcome": 9, "epochs": 6}
     for name, width in widths.items():
         table.add_column(name, justify="left" if name in ("commit", "outcome") else "right", no_wrap=True,
                          min_width=max(width, len(name)))  # fmt: skip
@@ -156,7 +164,7 @@ def render_table(
     for run in runs:
         word = _outcome_word(run) + (" (forced)" if run.forced else "")
         cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_delta(run), fmt_memory(run.memory_gb)]
-        table.add_row(*cells, word, shorten(run.description, 60), style=_style(run))
+        table.add_row(*cells, word, fmt_epochs(run.epochs), shorten(run.description, 60), style=_style(run))
     return table
 
 

@@ -63,9 +63,12 @@ class RunResult(BaseModel):
     commit: str
     reason: str | None = None
     reported: float | None = Field(default=None, description="the metric the run printed itself (not used)")
-    flags: list[str] | None = Field(default=None, description="e.g. reported_mismatch, unsandboxed")
     log_tail: list[str] | None = Field(default=None, description="end of the log, on failure only")
     next: str
+    epochs: float | None = Field(default=None, description="passes over the training data; over 1 repeats it")
+    flags: list[str] | None = Field(
+        default=None, description="e.g. repeated_data (it trained on some data twice), reported_mismatch, unsandboxed"
+    )
 
 
 class RunDetail(BaseModel):
@@ -136,7 +139,7 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      memory_gb=run.memory_gb, training_seconds=run.training_seconds,
                      total_seconds=run.total_seconds, commit=_short(run.commit), reason=run.reason,
                      reported=run.reported, flags=run.flags or None, log_tail=tail,
-                     next=_next_step(run, improved))  # fmt: skip
+                     next=_next_step(run, improved), epochs=run.epochs)  # fmt: skip
 
 
 def cap_lines(lines: list[str], max_bytes: int) -> list[str]:

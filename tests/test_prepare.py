@@ -1,15 +1,10 @@
 """Tests of experiment/prepare.py's one-time preparation: real corpora, real tokenizers, real downloads."""
 
-import http.server
 import json
-import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import load_prepare
 
@@ -124,62 +119,6 @@ def test_changed_input_rebuilds(prepare: ModuleType, corpus: Path) -> None:
     (corpus / "a.txt").write_text("changed text " * 100, encoding="utf-8")
     prepare.main(args)
     assert json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"] != before
-
-
-def write_shards(directory: Path, n: int) -> list[list[str]]:
-    directory.mkdir(parents=True, exist_ok=True)
-    shards = [[f"shard {i} document {j}: some text, ünïcödé {j * i}." * 5 for j in range(20)] for i in range(n)]
-    for i, docs in enumerate(shards):
-        pq.write_table(pa.table({"text": docs, "id": list(range(len(docs)))}), directory / f"shard_{i:05d}.parquet")
-    return shards
-
-
-def test_climbmix_from_file_url(prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shards = write_shards(tmp_path / "hub", 3)
-    monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", (tmp_path / "hub").as_uri())
-    assert prepare.main(["--source", "climbmix", "--num-shards", "3", "--byte-level", "--name", "cm"]) == 0
-    meta = json.loads((prepare.dataset_dir("cm") / "meta.json").read_text())
-    assert meta["documents"] == {"train": 40, "val": 20}
-    assert meta["bytes"]["val"] == sum(len(d.encode()) for d in shards[2])
-    assert sorted(meta["inputs"]) == [f"shard_{i:05d}.parquet" for i in range(3)]
-
-
-class FlakyHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files, but answers the very first request with a 500, as an overloaded hub might."""
-
-    requests: list[str] = []
-
-    def do_GET(self) -> None:
-        self.requests.append(self.path)
-        if len(self.requests) == 1:
-            self.send_error(500, "try again")
-            return
-        super().do_GET()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-def test_climbmix_http_retries_after_500(
-    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    write_shards(tmp_path / "hub", 2)
-    FlakyHandler.requests = []
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a: FlakyHandler(*a, directory=str(tmp_path / "hub"))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", f"http://127.0.0.1:{server.server_address[1]}/")
-        assert prepare.main(["--source", "climbmix", "--num-shards", "2", "--byte-level", "--name", "cm"]) == 0
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-    assert FlakyHandler.requests == ["/shard_00000.parquet"] * 2 + ["/shard_00001.parquet"]
-    assert "retrying" in capsys.readouterr().err
-    assert not list((prepare.cache_root() / "climbmix-shards").glob(".*tmp*"))
 
 
 def test_download_gives_up_after_retries(prepare: ModuleType, tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ def summary(metric, training=None):
     print(f"training_seconds: {training:.1f}")
     print(f"total_seconds:    {training + 0.1:.1f}")
     print("peak_memory_mb:   100.0")
+    print("total_tokens_M:   0.003")  # 3 steps of 1000 tokens
+    print("epoch:            1")
     print("num_steps:        3")
 
 
