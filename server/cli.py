@@ -174,6 +174,18 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stop(args: argparse.Namespace) -> int:
+    """End the night at the next decision point: no further run starts; the run in flight finishes."""
+    from server.caps import STOP_FILE
+
+    root = root_of(args)
+    state = root / load_config(root).state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    (state / STOP_FILE).touch()
+    out.print(f"no further experiment will start (remove {state / STOP_FILE} to allow them again)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
@@ -219,6 +231,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "watch": (cmd_watch, "a live view of the running experiment and the latest runs"),
     "dashboard": (cmd_dashboard, "a live web page on 127.0.0.1: chart, history, diffs, logs, the run in flight"),
     "pin": (cmd_pin, "re-pin the locked files after an intended, committed change"),
+    "stop": (cmd_stop, "end the night: no further experiment starts (the run in flight finishes)"),
     "serve": (cmd_serve, "the MCP server on stdio (what .mcp.json starts)"),
 }
 

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
@@ -80,12 +81,27 @@ class Config(BaseModel):
     memory_limit_gb: float = Field(0.0, ge=0, description="0 = 90% of this machine's memory")
     max_processes: int = Field(512, ge=8, description="processes a run may have at once")
     env_allow: list[str] = Field(default_factory=list, description="server variables passed to runs")
+    max_experiments: int = Field(0, ge=0, description="the night's cap on experiments; 0: none")
+    max_gpu_hours: float = Field(0.0, ge=0, description="the night's cap on hours of runs; 0: none")
+    deadline: str = Field("", description="no run starts after this local time (ISO, e.g. 2026-11-27T07:00)")
+    max_consecutive_crashes: int = Field(5, ge=0, description="stop after this many failed runs in a row; 0: never")
+    plateau_runs: int = Field(0, ge=0, description="stop after this many runs without a kept one; 0: never")
     kill_grace: float = Field(5.0, ge=0, description="seconds between SIGTERM and SIGKILL")
     max_log_bytes: int = Field(5_000_000, ge=10_000)
     max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
     state_dir: str = ".autoresearch"
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for each run")
     overrides: dict[str, str] = Field(default_factory=dict, description="(set by the server) launcher overrides")
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_is_a_time(cls, value: str) -> str:
+        try:
+            if value:
+                datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"deadline must be a local time like 2026-11-27T07:00, not {value!r}") from None
+        return value
 
     @field_validator("tag")
     @classmethod

@@ -35,3 +35,7 @@ class StorageError(AutoresearchError):
 
 class SandboxError(AutoresearchError):
     """The sandbox cannot be set up here (bubblewrap missing); nothing was run."""
+
+
+class NightOverError(StateError):
+    """A cap or stop condition of the human's configuration is reached: no further run starts tonight."""

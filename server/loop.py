@@ -13,10 +13,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import gitops, pins, sandbox
+from server import caps, gitops, pins, sandbox
 from server.config import CONFIG_NAME, Config
 from server.edits import Edit, apply_edits, validate_source
-from server.errors import BusyError, InvalidInputError, RepoError, StateError
+from server.errors import BusyError, InvalidInputError, NightOverError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.isolation import Places
 from server.lock import Held, RepoLock
@@ -225,6 +225,7 @@ class Lab:
         self._recover(held)
         self._start_tag()
         self._refuse_if_pending("run_experiment")
+        self._refuse_after_caps()
         pinned = pins.load_pins(self.pins_path)
         pins.check(pinned, self.root, self.config.tag)
         self._refuse_unprepared()
@@ -243,6 +244,14 @@ class Lab:
         execution = launch(self.runner, self.config, self.places, candidate)
         warm = start_warm(self.repo, self.runner, self.config, self.places, candidate)
         return ActiveRun(candidate, execution, held, deadline, warm)
+
+    def _refuse_after_caps(self) -> None:
+        """A reached cap or the human's stop ends the night here, before anything changes."""
+        reason = caps.reached(self.config, self.history.runs(), self.state)
+        if reason is not None:
+            caps.end_night(self.state, reason)
+            raise NightOverError(f"the night is over: {reason}. Do not start more experiments; decide any run "
+                                 "that awaits a decision, say in one sentence why you stop, and stop.")  # fmt: skip
 
     def _settings(self) -> dict[str, object]:
         """What every run records about the rules it ran under."""

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from server import table
+from server import caps, table
 from server.config import load_config
 from server.edits import Edit
 from server.errors import InvalidInputError, StateError
@@ -86,6 +86,7 @@ class HistoryView(BaseModel):
     awaiting_decision: int | None
     running: str | None = Field(description="the experiment running now, if any")
     problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
+    limits: str | None = Field(default=None, description="what the night's caps leave, or why the night is over")
     detail: RunDetail | None = None
 
 
@@ -171,8 +172,14 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
     return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
-                       running=running_now(lab), problems=lab.history.problems() or None,
+                       running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
                        detail=detail)  # fmt: skip
+
+
+def limits(lab: Lab) -> str | None:
+    runs = lab.history.runs()
+    over = caps.reached(lab.config, runs, lab.state)
+    return f"the night is over: {over}" if over else caps.usage(lab.config, runs)
 
 
 def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
