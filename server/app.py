@@ -25,7 +25,7 @@ from server.edits import Edit
 from server.errors import AutoresearchError
 from server.loop import Lab
 from server.runner import kill_all_now
-from server.text import clean_description, what_failed
+from server.text import clean_description, clean_note, what_failed
 
 log = logging.getLogger("autoresearch")
 T = TypeVar("T")
@@ -128,12 +128,20 @@ async def write_train(
 async def run_experiment(
     ctx: Context[AppState],
     description: Annotated[str, Field(min_length=1, max_length=200, description="the idea, in a few words")],
+    hypothesis: Annotated[
+        str | None, Field(max_length=300, description="what you expect and why; kept with the run for later")
+    ] = None,
+    duplicate_reason: Annotated[
+        str | None, Field(max_length=300, description="run code identical to an earlier run's anyway: why")
+    ] = None,
 ) -> Annotated[CallToolResult, views.RunResult]:
-    """Commit the current script and run it as one experiment with the fixed time budget; blocks until it ends
-    (minutes) and returns the metric, its change against the best, and on failure the end of the log.
-    Afterwards call keep or discard."""
+    """Commit the current script and run it as one experiment with the fixed time budget; blocks until it is
+    scored (minutes) and returns the metric, its change against the best, and on failure the reason and the
+    end of the log. Code identical to an earlier run's is refused with that run's result. Afterwards call
+    keep or discard."""
     lab_state = ctx.request_context.lifespan_context
-    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text)), description)
+    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text), clean_note(hypothesis),
+                                                             clean_note(duplicate_reason)), description)  # fmt: skip
     lab = lab_state.get()
     try:
         started = time.monotonic()
@@ -171,20 +179,22 @@ async def keep(
     force: Annotated[bool, Field(description="keep a run that is not better (simpler code, equal result)")] = False,
     reason: Annotated[str | None, Field(max_length=300, description="required with force")] = None,
     run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
+    lesson: Annotated[str | None, Field(max_length=300, description="what this run taught; kept for later")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
     """Accept the latest finished run: the run branch advances to its commit. Only a strict improvement on
     the best is kept unless force is given with a reason. Crashed runs can never be kept."""
-    return compact(await call(ctx, views.decide, "keep", run_id, force, reason))
+    return compact(await call(ctx, views.decide, "keep", run_id, force, reason, clean_note(lesson)))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
 async def discard(
     ctx: Context[AppState],
     run_id: Annotated[int | None, Field(ge=1, description="the run to discard; default the latest")] = None,
+    lesson: Annotated[str | None, Field(max_length=300, description="what this run taught; kept for later")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
     """Reject the latest run: the training script returns to the last kept version. Its result stays in
     the history."""
-    return compact(await call(ctx, views.decide, "discard", run_id, False, None))
+    return compact(await call(ctx, views.decide, "discard", run_id, False, None, clean_note(lesson)))
 
 
 def _refuse_unknown_arguments() -> None:

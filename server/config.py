@@ -81,6 +81,7 @@ class Config(BaseModel):
     memory_limit_gb: float = Field(0.0, ge=0, description="0 = 90% of this machine's memory")
     max_processes: int = Field(512, ge=8, description="processes a run may have at once")
     env_allow: list[str] = Field(default_factory=list, description="server variables passed to runs")
+    refuse_duplicates: bool = Field(True, description="refuse code identical to an earlier run's, unless a reason")
     max_experiments: int = Field(0, ge=0, description="the night's cap on experiments; 0: none")
     max_gpu_hours: float = Field(0.0, ge=0, description="the night's cap on hours of runs; 0: none")
     deadline: str = Field("", description="no run starts after this local time (ISO, e.g. 2026-11-27T07:00)")

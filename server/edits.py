@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 from dataclasses import dataclass
 
 from server.errors import InvalidInputError
@@ -66,3 +68,13 @@ def validate_source(text: str, name: str, max_bytes: int) -> bytes:
             raise InvalidInputError(f"{name} would not compile: {exc.msg} at line {exc.lineno}; "
                                     "fix it and write again. Nothing was written.") from exc  # fmt: skip
     return data
+
+
+def fingerprint(source: str) -> str:
+    """The code's identity, whatever its comments, blank lines and formatting: a hash of its syntax tree (of
+    the text with runs of whitespace folded, when it does not parse)."""
+    try:
+        normal = ast.dump(ast.parse(source))
+    except SyntaxError:
+        normal = " ".join(source.split())
+    return hashlib.sha256(normal.encode()).hexdigest()[:16]

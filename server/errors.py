@@ -39,3 +39,7 @@ class SandboxError(AutoresearchError):
 
 class NightOverError(StateError):
     """A cap or stop condition of the human's configuration is reached: no further run starts tonight."""
+
+
+class DuplicateError(StateError):
+    """The candidate is the same code as an earlier run; its result is already known."""

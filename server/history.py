@@ -60,6 +60,10 @@ class RunRecord(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict, description="budget, sandbox and overrides in effect")
     gpu_memory_gb: float | None = None
     epochs: float | None = Field(default=None, description="tokens trained / tokens in the train split")
+    fingerprint: str | None = Field(default=None, description="hash of the editable file's code, comments aside")
+    hypothesis: str | None = Field(default=None, description="what the agent expected, said when it ran")
+    lesson: str | None = Field(default=None, description="what the agent learnt, said when it decided")
+    duplicate_reason: str | None = Field(default=None, description="why the same code ran again")
     summary: dict[str, str] = Field(default_factory=dict)
     forced: bool = False
     force_reason: str | None = None
@@ -201,7 +205,7 @@ def fold(events: list[dict[str, Any]]) -> dict[int, RunRecord]:
     return runs
 
 
-_DECISION_KEYS = {"decision", "forced", "force_reason", "decided_at"}
+_DECISION_KEYS = {"decision", "forced", "force_reason", "decided_at", "lesson"}
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
@@ -263,10 +267,14 @@ class History:
             atomic_write(self.run_dir(run.id) / "record.json", run.model_dump_json(indent=1).encode(), durable=False)
             self.write_tsv()
 
-    def decide(self, run_id: int, decision: Decision, force_reason: str | None = None) -> None:
-        event = {"type": "decision", "id": run_id, "decision": decision, "decided_at": now()}
+    def decide(
+        self, run_id: int, decision: Decision, force_reason: str | None = None, lesson: str | None = None
+    ) -> None:
+        event: dict[str, Any] = {"type": "decision", "id": run_id, "decision": decision, "decided_at": now()}
         if force_reason is not None:
             event.update(forced=True, force_reason=force_reason)
+        if lesson:
+            event["lesson"] = lesson
         append_event(self.events_path, event)
         decided = self.get(run_id)
         if decided is not None:

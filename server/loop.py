@@ -15,8 +15,8 @@ from pathlib import Path
 
 from server import caps, gitops, pins, sandbox
 from server.config import CONFIG_NAME, Config
-from server.edits import Edit, apply_edits, validate_source
-from server.errors import BusyError, InvalidInputError, NightOverError, RepoError, StateError
+from server.edits import Edit, apply_edits, fingerprint, validate_source
+from server.errors import BusyError, DuplicateError, InvalidInputError, NightOverError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.isolation import Places
 from server.lock import Held, RepoLock
@@ -36,6 +36,7 @@ from server.pipeline import (
 from server.runner import Execution, LocalRunner, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
+UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no result yet
 
 
 @dataclass
@@ -212,16 +213,20 @@ class Lab:
                 f"a decision; call keep or discard before {action}."
             )
 
-    def start_run(self, description: str) -> ActiveRun:
+    def start_run(
+        self, description: str, hypothesis: str | None = None, duplicate_reason: str | None = None
+    ) -> ActiveRun:
         """Commit the candidate, export that commit as a snapshot and start it; the lock stays held."""
         held = self.lock.acquire("run")
         try:
-            return self._start_locked(description, held)
+            return self._start_locked(description, held, hypothesis, duplicate_reason)
         except BaseException:
             held.release()
             raise
 
-    def _start_locked(self, description: str, held: Held) -> ActiveRun:
+    def _start_locked(
+        self, description: str, held: Held, hypothesis: str | None = None, duplicate_reason: str | None = None
+    ) -> ActiveRun:
         self._recover(held)
         self._start_tag()
         self._refuse_if_pending("run_experiment")
@@ -231,10 +236,14 @@ class Lab:
         self._refuse_unprepared()
         parent = self._expected_tip()
         data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
+        code = fingerprint(data.decode("utf-8", "replace"))
+        if self.config.refuse_duplicates and not (duplicate_reason or "").strip():
+            self._refuse_duplicate(code)
         best = self.best()
         record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=description,
                            best_before=best.metric if best else None, seed=self.config.seed,
-                           settings=self._settings())  # fmt: skip
+                           settings=self._settings(), fingerprint=code, hypothesis=hypothesis or None,
+                           duplicate_reason=(duplicate_reason or "").strip() or None)  # fmt: skip
         candidate = make_candidate(self.repo, self.config, self.history, record, data, pinned)
         self.history.record(candidate.record, "start")
         deadline = time.time() + self.config.hard_timeout
@@ -244,6 +253,19 @@ class Lab:
         execution = launch(self.runner, self.config, self.places, candidate)
         warm = start_warm(self.repo, self.runner, self.config, self.places, candidate)
         return ActiveRun(candidate, execution, held, deadline, warm)
+
+    def _refuse_duplicate(self, code: str) -> None:
+        """The same code (comments and formatting aside) as an earlier run: its result is already known."""
+        done = [r for r in self.history.runs() if r.fingerprint == code and r.status not in UNFINISHED]
+        if not done:
+            return
+        run = done[-1]
+        result = f"{self.config.metric} {run.metric:.6f}" if run.metric is not None else f"{run.status}"
+        outcome = {"keep": "kept", "discard": "discarded"}.get(run.decision or "", "undecided")
+        raise DuplicateError(
+            f"train.py is the same code as run {run.id} ({run.description!r}: {result}, {outcome}); change "
+            "something, or pass duplicate_reason to run it again on purpose (e.g. to re-measure it)."
+        )
 
     def _refuse_after_caps(self) -> None:
         """A reached cap or the human's stop ends the night here, before anything changes."""
@@ -327,7 +349,9 @@ class Lab:
             raise StateError(f"nothing to decide: run {last.id} was already {done}; run a new experiment first.")
         return last
 
-    def keep(self, run_id: int | None = None, force: bool = False, reason: str | None = None) -> RunRecord:
+    def keep(
+        self, run_id: int | None = None, force: bool = False, reason: str | None = None, lesson: str | None = None
+    ) -> RunRecord:
         """Advance the run branch to the latest run's commit if it beats the best (or force with a reason)."""
         self._latest(run_id)  # nothing to decide is refused before the tag starts: nothing changes
         with self._hold("keep"):
@@ -350,16 +374,16 @@ class Lab:
             self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
             if tip != run.commit:
                 gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
-            self.history.decide(run.id, "keep", reason if force else None)
+            self.history.decide(run.id, "keep", reason if force else None, lesson)
             return self.history.get(run.id) or run
 
-    def discard(self, run_id: int | None = None) -> RunRecord:
+    def discard(self, run_id: int | None = None, lesson: str | None = None) -> RunRecord:
         """Reject the latest run; the editable file returns to the last kept version."""
         self._latest(run_id)
         with self._hold("discard"):
             run = self._latest(run_id)
             self._sync_editable(self.tip())
-            self.history.decide(run.id, "discard")
+            self.history.decide(run.id, "discard", None, lesson)
             shutil.rmtree(self.history.run_dir(run.id) / "out", ignore_errors=True)  # its model is not needed
             return self.history.get(run.id) or run
 

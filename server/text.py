@@ -29,6 +29,11 @@ def clean_description(text: str) -> str:
     return cleaned
 
 
+def clean_note(text: str | None) -> str | None:
+    """A hypothesis, lesson or reason the agent gives: one clean line, None when empty."""
+    return (one_line(text.replace("\x00", " ")) or None) if text is not None else None
+
+
 def one_line(text: str, limit: int | None = 300) -> str:
     """Text as one line: escapes dropped, controls and runs of whitespace made one space, cut at `limit`."""
     flat = " ".join(CONTROL_RE.sub(" ", ANSI_RE.sub("", text)).split())

@@ -87,6 +87,7 @@ class HistoryView(BaseModel):
     running: str | None = Field(description="the experiment running now, if any")
     problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
     limits: str | None = Field(default=None, description="what the night's caps leave, or why the night is over")
+    lessons: list[str] | None = Field(default=None, description="the latest lessons given with decisions")
     detail: RunDetail | None = None
 
 
@@ -173,7 +174,14 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
                        running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
+                       lessons=lessons(runs) or None,
                        detail=detail)  # fmt: skip
+
+
+def lessons(runs: list[RunRecord], count: int = 8) -> list[str]:
+    """The agent's memory across lost contexts: what each recent decision taught, one line each."""
+    noted = [r for r in runs if r.lesson][-count:]
+    return [f"run {r.id} ({r.decision}, {r.description[:60]}): {r.lesson}" for r in noted]
 
 
 def limits(lab: Lab) -> str | None:
@@ -201,12 +209,14 @@ def progress_message(active: ActiveRun, started: float) -> str:
     return f"run {active.record.id}: {where} ({elapsed:.0f}s elapsed)"
 
 
-def decide(lab: Lab, decision: str, run_id: int | None, force: bool, reason: str | None) -> DecisionResult:
+def decide(
+    lab: Lab, decision: str, run_id: int | None, force: bool, reason: str | None, lesson: str | None = None
+) -> DecisionResult:
     if decision == "keep":
-        run = lab.keep(run_id, force, reason)
+        run = lab.keep(run_id, force, reason, lesson)
         hint = "kept; next idea"
     else:
-        run = lab.discard(run_id)
+        run = lab.discard(run_id, lesson)
         hint = "train.py is back to the last kept version; next idea"
     best = lab.best()
     return DecisionResult(run_id=run.id, decision="keep" if decision == "keep" else "discard", metric=run.metric,

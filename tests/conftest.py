@@ -31,7 +31,8 @@ def load_prepare() -> ModuleType:
 HAS_BWRAP = shutil.which("bwrap") is not None
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not installed (apt-get install bubblewrap)")
 # The fake experiment prints its own metric (the old contract): the loop's rules are tested fast with it;
-# tests/test_evaluated.py and tests/test_hostile.py drive the real experiment through the real evaluator.
+# tests/test_measured.py drives the real experiment through the real evaluator. Its tests re-run the same
+# fake code on purpose, so duplicate refusal is off here and on in tests/test_memory.py.
 FAKE_CONFIG = f"""\
 [autoresearch]
 tag = "test"
@@ -40,6 +41,7 @@ locked = ["prepare.py"]
 command = ["{{python}}", "train.py"]
 contract = "self-reported"
 sandbox = "{"bwrap" if HAS_BWRAP else "off"}"
+refuse_duplicates = false
 time_budget = 1
 timeout = 10
 kill_grace = 1
