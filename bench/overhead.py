@@ -38,7 +38,8 @@ def _phases(stamps: list[Stamp], started: float, ended: float) -> dict[str, floa
 
 async def _pair(client: Client, repo: BenchRepo, tree: Path, i: int) -> dict[str, float]:
     watcher = ExitWatcher(repo)
-    run = await checked(client, "run_experiment", description=f"overhead pair {i}")
+    run = await checked(client, "run_experiment", description=f"overhead pair {i}",
+                        duplicate_reason="the benchmark repeats the same code")  # fmt: skip
     served = _phases(watcher.stop(), run.started, run.ended)
     decision = await decide(client, run)
     watcher = ExitWatcher(repo)

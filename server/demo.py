@@ -125,7 +125,13 @@ class DemoAgent:
             idea = options[0]
             self.tried.add(idea.description)
             await self.call("write_train", edits=[{"old": idea.old_line, "new": idea.new_line}])
-            await self.experiment(number, idea.description)
+            try:
+                await self.experiment(number, idea.description)
+            except StateError as exc:
+                if "same code as run" not in str(exc):
+                    raise
+                self.console.print(f"  -> skipped: {str(exc).split(': ', 2)[-1].split(';')[0]}")
+                await self.call("write_train", edits=[{"old": idea.new_line, "new": idea.old_line}])
 
 
 def data_problem(root: Path) -> str | None:
