@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -283,3 +284,29 @@ def test_missing_bubblewrap_refuses_the_tag_with_the_package_name(
     with pytest.raises(SandboxError, match=r"apt-get install bubblewrap.*sandbox = \"off\""):
         lab.run("baseline")
     assert git(lab.root, "for-each-ref") == before
+
+
+def test_a_sandbox_that_cannot_start_is_its_own_status(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scenario: Sandbox / bubblewrap fails to set the sandbox up (here: a folder to bind is gone): the run is
+    sandbox_failed, with bubblewrap's words and a reason that says it is not train.py's fault"""
+    from server import isolation, pipeline, sandbox
+
+    def broken(*args: Any, **kwargs: Any) -> sandbox.View:
+        view = isolation.run_view(*args, **kwargs)
+        return sandbox.View(view.hide, view.read_only, [*view.writable, Path("/nonexistent/gone")])
+
+    monkeypatch.setattr(pipeline, "run_view", broken)
+    run = lab.run("sandbox breaks")
+    assert (
+        run.status == "sandbox_failed"
+        and "bwrap" in (run.reason or "")
+        and "not train.py's fault" in (run.reason or "")
+    )
+
+
+def test_a_missing_device_is_said_as_such(lab: Lab) -> None:
+    """Scenario: Sandbox / a run that asks for a GPU the machine (or its sandbox) does not have: a crash whose
+    reason says the device is missing and what to check, not a bare traceback line"""
+    status, _ = hostile(lab, "raise RuntimeError('Found no NVIDIA driver on your system.')")
+    run = lab.history.runs()[-1]
+    assert status == "crash" and "device the run asked for is not there" in (run.reason or "")
