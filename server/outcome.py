@@ -208,8 +208,9 @@ def _crash_reason(exit_code: int | None, text: str) -> str:
     fail = [line for line in lines if line.startswith("FAIL")]
     last = fail[-1] if fail else (lines[-1] if lines else "no output")
     if any(sign in text for sign in NO_DEVICE):
-        return (f"exit code {exit_code}: the device the run asked for is not there ({last[:150]}); not train.py's "
-                "fault if it did not change the device: tell the human (GPU visible? CUDA_VISIBLE_DEVICES?)")  # fmt: skip
+        return (f"exit code {exit_code}: the device the run asked for is not there ({last[:150]}); not "
+                "train.py's fault if it did not change the device: tell the human (GPU visible? "
+                "CUDA_VISIBLE_DEVICES?)")  # fmt: skip
     return f"exit code {exit_code}: {last[:200]}"
 
 
