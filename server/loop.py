@@ -22,7 +22,8 @@ from server.isolation import Places
 from server.lock import Held, RepoLock
 from server.outcome import classify
 from server.pipeline import Candidate, cleanup, collect, launch, make_candidate, measure, record_end, tampered
-from server.runner import Execution, LocalRunner, Runner, kill_by_token
+from server.ray_runner import runner_for
+from server.runner import Execution, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
 
@@ -48,7 +49,7 @@ class Lab:
         self.config = config
         self.repo = gitops.open_repo(root)
         self.root = Path(self.repo.working_tree_dir or root)
-        self.runner = runner or LocalRunner()
+        self.runner = runner or runner_for(config)
         self.state = self.root / config.state_dir
         self.places = Places.of(self.root, config)
         self.history = History(self.state / config.tag)
