@@ -13,9 +13,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,16 +57,19 @@ class RayRunner:
         return RayExecution(spec, self.num_gpus, self.num_cpus)
 
 
-def connect(address: str = "") -> None:
-    """Join the cluster at address (empty: RAY_ADDRESS, else start one on this machine). Worker output is not
-    forwarded: this process's stdout is the MCP wire."""
+def connect(address: str = "", **local: Any) -> None:
+    """Join the cluster at address (empty: RAY_ADDRESS, else start one on this machine, with `local`'s
+    resources). Worker output is not forwarded: this process's stdout is the MCP wire."""
     import ray
 
     if not ray.is_initialized():
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if not address and not os.environ.get("RAY_ADDRESS"):
-            options["include_dashboard"] = False
+            options.update(include_dashboard=False, **local)
+        on_term = signal.getsignal(signal.SIGTERM)
         ray.init(address=address or None, **options)
+        if threading.current_thread() is threading.main_thread():  # ray.init replaces it there: the server's
+            signal.signal(signal.SIGTERM, on_term)  # handler must still kill the runs (kill_all_now) on SIGTERM
     if _REMOTE:
         return
     _REMOTE["work"] = ray.remote(max_retries=0)(work)  # a dead worker is a crash, never silently a rerun
@@ -82,6 +87,7 @@ class RayExecution:
         self.submitted = time.monotonic()
         self.started: float | None = None  # when the worker said the run started (this machine's clock)
         self.arrivals = _Clock()  # marker lines stamped as they arrive here: the worker's stamps plus streaming
+        self.delays: deque[float] = deque(maxlen=1000)  # seconds from the worker's send to arrival here
         self._progress: Progress | None = None
         self._stop: StopReason | None = None
         self._result: Outcome | None = None
@@ -105,7 +111,7 @@ class RayExecution:
         try:
             for ref in self._task:
                 self._take(ray.get(ref))
-        except Exception as exc:  # the worker died, the task was cancelled, or it failed before the run
+        except BaseException as exc:  # the worker died, the task was cancelled or failed, Ray shut down
             self._lost = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
         finally:
             self._done.set()
@@ -115,6 +121,7 @@ class RayExecution:
             self.pid, self.node_id, self.host, self.started = message.pid, message.node_id, message.host, self.elapsed()
             log.info("run process %s started on Ray node %s (%s)", self.spec.cwd.name, self.host, self.node_id[:12])
         elif isinstance(message, Output):
+            self.delays.append(time.time() - message.sent)
             self._feed(message.data)
         elif isinstance(message, Finished):
             for rel in message.deleted:

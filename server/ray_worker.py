@@ -17,6 +17,7 @@ import socket
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from hashlib import sha1
@@ -51,6 +52,7 @@ class Started:
 @dataclass(frozen=True)
 class Output:
     data: bytes
+    sent: float = 0.0  # the worker's time.time() when sent: the streaming delay, where clocks agree
 
 
 @dataclass(frozen=True)
@@ -216,7 +218,7 @@ def _stream(spec: RunSpec) -> Generator[Message, None, Outcome]:
         while outcome is None:
             data = _drain(chunks, STREAM_WAIT_S)
             if data:
-                yield Output(data)
+                yield Output(data, time.time())
             outcome = execution.wait(0.0)
     finally:
         if outcome is None:  # the generator was closed (its task cancelled): the run must not outlive it
@@ -224,7 +226,7 @@ def _stream(spec: RunSpec) -> Generator[Message, None, Outcome]:
             execution.wait(0.0)
     data = _drain(chunks, 0.0)
     if data:
-        yield Output(data)
+        yield Output(data, time.time())
     return outcome
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import logging
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -15,13 +16,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import EXPERIMENT, FAKE_CONFIG, git, load_prepare, make_fake_repo, set_mode
+from conftest import EXPERIMENT, FAKE_CONFIG, REPO_ROOT, git, load_prepare, make_fake_repo, set_mode
 
 from server import runner as local_runner
 from server.config import Config, load_config
 from server.errors import ConfigError
 from server.loop import ActiveRun, Lab
-from server.ray_runner import RayExecution, RayRunner, runner_for
+from server.ray_runner import RayExecution, RayRunner, connect, runner_for
 from server.ray_worker import Shipment, changes, localize, manifest, pack, unfit, unpack
 from server.runner import RUN_TOKEN_VAR, LocalRunner, RunSpec
 from server.sandbox import View
@@ -38,8 +39,7 @@ def cluster() -> Iterator[None]:
         pytest.skip('Ray is not installed (pip install ".[ray]"; scripts/test.sh does)')
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, object_store_memory=100_000_000, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.ERROR)  # fmt: skip
+    connect(num_cpus=2, num_gpus=2, object_store_memory=100_000_000)
     yield
     ray.shutdown()
 
@@ -95,6 +95,23 @@ def started(active: ActiveRun) -> RayExecution:
 def test_the_human_config_picks_the_runner(ray_repo: Path, repo: Path) -> None:
     assert isinstance(Lab(ray_repo, load_config(ray_repo)).runner, RayRunner)
     assert isinstance(Lab(repo, load_config(repo)).runner, LocalRunner)
+
+
+@needs_ray
+def test_connecting_keeps_the_servers_sigterm_handler(tmp_path: Path) -> None:
+    """ray.init in the main thread installs its own SIGTERM handler; the server's must stay (it kills the runs)."""
+    script = tmp_path / "connect.py"
+    script.write_text("""\
+import signal
+from server.ray_runner import connect
+def handler(signum, frame): pass
+signal.signal(signal.SIGTERM, handler)
+connect(num_cpus=1, num_gpus=0, object_store_memory=80_000_000)
+print("kept" if signal.getsignal(signal.SIGTERM) is handler else "replaced")
+""")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    assert done.stdout.strip() == "kept", done.stderr[-2000:]
 
 
 def test_ray_runner_without_ray_installed_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
