@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -53,7 +54,12 @@ class RayRunner:
         on_kill_all(cancel_all)
 
     def start(self, spec: RunSpec) -> RayExecution:
-        connect(self.address)
+        try:
+            connect(self.address)
+        except Exception as exc:  # Ray's own errors: no cluster there, another Ray version, refused
+            where = f"at {self.address!r}" if self.address else "(RAY_ADDRESS, or a new one on this machine)"
+            raise ConfigError(f"could not join the Ray cluster {where}: {str(exc).strip()[:300]}; the human must "
+                              f"start it or fix ray_address in {CONFIG_NAME}: stop and tell them") from exc  # fmt: skip
         return RayExecution(spec, self.num_gpus, self.num_cpus)
 
 
@@ -66,6 +72,7 @@ def connect(address: str = "", **local: Any) -> None:
         options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
         if not address and not os.environ.get("RAY_ADDRESS"):
             options.update(include_dashboard=False, **local)
+        check_reachable(address)
         on_term = signal.getsignal(signal.SIGTERM)
         ray.init(address=address or None, **options)
         if threading.current_thread() is threading.main_thread():  # ray.init replaces it there: the server's
@@ -74,6 +81,17 @@ def connect(address: str = "", **local: Any) -> None:
         return
     _REMOTE["work"] = ray.remote(max_retries=0)(work)  # a dead worker is a crash, never silently a rerun
     _REMOTE["sweep"] = ray.remote(max_retries=0, num_cpus=0)(sweep)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a HOST:PORT nobody listens on at once (ray.init would retry it for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", empty: Ray finds the cluster itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc.strerror or exc})") from exc
 
 
 class RayExecution:

@@ -114,6 +114,17 @@ print("kept" if signal.getsignal(signal.SIGTERM) is handler else "replaced")
     assert done.stdout.strip() == "kept", done.stderr[-2000:]
 
 
+@needs_ray
+def test_an_address_nobody_answers_is_a_config_error_at_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh server, even after other tests
+    began = time.monotonic()
+    with pytest.raises(ConfigError, match=r"could not join the Ray cluster at '127.0.0.1:1': nothing answers"):
+        RayRunner("127.0.0.1:1").start(spec_in(tmp_path))
+    assert time.monotonic() - began < 6
+
+
 def test_ray_runner_without_ray_installed_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"autoresearch-mcp\[ray\]"):
