@@ -239,6 +239,25 @@ def test_a_worker_killed_mid_run_is_a_crash_with_its_log_so_far(cluster: None, t
     assert until(lambda: not with_token(token), 10), "nothing of the run may outlive its worker"
 
 
+def test_a_sandboxed_run_on_a_worker_sees_neither_the_repository_nor_the_state(ray_lab: Lab, ray_repo: Path) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    ray_lab.run("baseline")  # the state folder now holds a history, pins and a run folder
+    ray_lab.keep()
+    probe = f"""\
+import os
+for path in [{str(ray_repo / ".git" / "config")!r}, {str(ray_repo / "notes.txt")!r},
+             {str(ray_repo / ".autoresearch" / "test" / "runs.jsonl")!r}]:
+    print("visible" if os.path.exists(path) else "hidden", path)
+from prepare import summary
+summary(1.0)
+"""
+    ray_lab.write(probe)
+    run = ray_lab.run("probe")
+    log = (ray_lab.history.run_dir(run.id) / "log.txt").read_text()
+    assert run.status == "ok" and log.count("hidden /") == 3 and "visible" not in log, log
+
+
 def test_a_cancelled_call_leaves_no_task_and_no_process(ray_lab: Lab) -> None:
     ray_lab.write(set_mode("hang", 1.0))
     active = ray_lab.start_run("cancelled")
