@@ -190,7 +190,7 @@ def unfit(spec: RunSpec, data: Path | None) -> str | None:
 
 def work(shipment: Shipment) -> Iterator[Message]:
     """The Ray task (a streaming generator): Started, Output chunks as they come, then Finished."""
-    root = Path(tempfile.mkdtemp(prefix="autoresearch-ray-"))
+    root = Path(tempfile.mkdtemp(prefix=scratch_prefix(shipment.spec.token)))
     try:
         names = shipped(shipment.spec, shipment.base)
         unpack(shipment.files, root)
@@ -243,6 +243,14 @@ def _drain(chunks: queue.SimpleQueue[bytes], wait: float) -> bytes:
             return b"".join(parts)
 
 
+def scratch_prefix(token: str) -> str:
+    return f"autoresearch-ray-{token[:16]}-"
+
+
 def sweep(token: str) -> int:
-    """A Ray task on the run's node: kill what a killed worker left behind (an unsandboxed run's processes)."""
-    return kill_by_token(token)
+    """A Ray task on the run's node: kill what a killed worker left behind (an unsandboxed run's processes)
+    and remove its folder."""
+    killed = kill_by_token(token)
+    for folder in Path(tempfile.gettempdir()).glob(scratch_prefix(token) + "*"):
+        shutil.rmtree(folder, ignore_errors=True)
+    return killed

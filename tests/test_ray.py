@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from server.config import Config, load_config
 from server.errors import ConfigError
 from server.loop import ActiveRun, Lab
 from server.ray_runner import RayExecution, RayRunner, connect, runner_for
-from server.ray_worker import Shipment, changes, localize, manifest, pack, unfit, unpack
+from server.ray_worker import Shipment, changes, localize, manifest, pack, scratch_prefix, unfit, unpack
 from server.runner import RUN_TOKEN_VAR, LocalRunner, RunSpec
 from server.sandbox import View
 
@@ -79,6 +80,11 @@ def with_token(token: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def scratch_left(token: str) -> list[Path]:
+    """The run's temporary folders on the worker (this machine)."""
+    return list(Path(tempfile.gettempdir()).glob(scratch_prefix(token) + "*"))
 
 
 def started(active: ActiveRun) -> RayExecution:
@@ -237,6 +243,7 @@ def test_a_worker_killed_mid_run_is_a_crash_with_its_log_so_far(cluster: None, t
     log = (lab.history.run_dir(run.id) / "log.txt").read_text()
     assert "step 2 | loss 1.0000" in log, "the log that arrived before the worker died is kept"
     assert until(lambda: not with_token(token), 10), "nothing of the run may outlive its worker"
+    assert not scratch_left(token), "nor its folder on the worker"
 
 
 def test_a_sandboxed_run_on_a_worker_sees_neither_the_repository_nor_the_state(ray_lab: Lab, ray_repo: Path) -> None:
@@ -264,7 +271,7 @@ def test_a_cancelled_call_leaves_no_task_and_no_process(ray_lab: Lab) -> None:
     worker = psutil.Process(started(active).pid).parent()  # the Ray worker process running the task
     run = ray_lab.finish_run(active, cancelled=True)
     assert run.status == "cancelled"
-    assert not with_token(active.candidate.token)
+    assert not with_token(active.candidate.token) and not scratch_left(active.candidate.token)
     assert until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 10)
     assert until(lambda: gpus_free() == 2.0), "the task should have let its GPU go"
 
