@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (the README's, and what .ci/run runs): installs what the tests need, then runs them all.
-#   - .venv with the test and lint tools (scripts/setup.sh --dev);
+#   - .venv with the test and lint tools (scripts/setup.sh --dev), and the Ray extra;
 #   - bubblewrap, for the sandbox tests, where apt can install it;
 #   - Claude Code and the MCP Inspector under .ci/node, for the client tests (npm).
 # What cannot be installed is said here, and the tests that need it skip and say why.
@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh --dev
+# The Ray extra, for the Ray backend's tests (tests/test_ray.py); a platform without Ray wheels skips them.
+.venv/bin/python -c "import ray" 2>/dev/null || .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ray]" \
+  || echo "Ray could not be installed: the Ray backend's tests will skip"
 
 if ! command -v bwrap >/dev/null; then
   (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) 2>/dev/null \

@@ -91,6 +91,10 @@ class Config(BaseModel):
     max_log_bytes: int = Field(5_000_000, ge=10_000)
     max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
     state_dir: str = ".autoresearch"
+    runner: Literal["local", "ray"] = Field("local", description="ray: each run is a task on a Ray cluster")
+    ray_address: str = Field("", description="the Ray cluster; empty: RAY_ADDRESS, else a cluster on this machine")
+    ray_num_gpus: float = Field(1.0, ge=0, description="GPUs each Ray task of a run asks for")
+    ray_num_cpus: float = Field(1.0, ge=0, description="CPUs each Ray task of a run asks for")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for each run")
     overrides: dict[str, str] = Field(default_factory=dict, description="(set by the server) launcher overrides")
 

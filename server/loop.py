@@ -33,7 +33,8 @@ from server.pipeline import (
     start_warm,
     tampered,
 )
-from server.runner import Execution, LocalRunner, Runner, kill_by_token
+from server.ray_runner import runner_for
+from server.runner import Execution, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
 UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no result yet
@@ -61,7 +62,7 @@ class Lab:
         self.config = config
         self.repo = gitops.open_repo(root)
         self.root = Path(self.repo.working_tree_dir or root)
-        self.runner = runner or LocalRunner()
+        self.runner = runner or runner_for(config)
         self.state = self.root / config.state_dir
         self.places = Places.of(self.root, config)
         self.history = History(self.state / config.tag)

@@ -15,6 +15,7 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -26,6 +27,7 @@ from server.summary import MARKERS, Progress, parse_progress
 
 RUN_TOKEN_VAR = "AUTORESEARCH_RUN_ID"
 _ACTIVE: dict[int, LocalExecution] = {}  # runs of this process not yet collected, for kill_all_now
+_KILL_HOOKS: list[Callable[[], None]] = []  # other runners' own kill_all_now (a cluster's tasks)
 StopReason = Literal["exited", "timeout", "cancelled", "memory", "processes"]
 SAMPLE_EVERY_S = 0.2  # memory and process count of the run, measured by the server
 GPU_SAMPLE_EVERY_S = 2.0
@@ -146,8 +148,9 @@ class _CappedLog:
 class LocalExecution:
     """One running process tree: the experiment, or an evaluator."""
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, spec: RunSpec, on_output: Callable[[bytes], None] | None = None) -> None:
         self.spec = spec
+        self._on_output = on_output  # also handed every chunk of output (a remote runner streams it)
         self.started = time.monotonic()
         self.wall_started = time.time()
         self._stop: StopReason = "exited"
@@ -192,6 +195,8 @@ class LocalExecution:
             if self._log.closed:
                 return  # an escaped child still holds the pipe after the run was collected
             self._log.write(chunk)
+            if self._on_output is not None:
+                self._on_output(chunk)
             pending = (pending + chunk)[-4096:]
             *lines, pending = pending.split(b"\n")
             for line in lines[-50:]:
@@ -361,9 +366,17 @@ def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
 
 def kill_all_now() -> None:
     """SIGKILL every run this process started and has not collected: the server itself is being stopped."""
+    for hook in list(_KILL_HOOKS):
+        hook()
     for execution in list(_ACTIVE.values()):
         _signal_group(execution.pid, signal.SIGKILL)
         kill_by_token(execution.spec.token)
+
+
+def on_kill_all(hook: Callable[[], None]) -> None:
+    """Have kill_all_now call hook too (once per hook): runs this process started elsewhere."""
+    if hook not in _KILL_HOOKS:
+        _KILL_HOOKS.append(hook)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
