@@ -32,6 +32,8 @@ def project(tmp_path: Path) -> Path:
     """A project as a user has it after the README's set-up: .mcp.json, .venv, servers pre-approved."""
     repo = make_fake_repo(tmp_path / "project")
     shutil.copy(REPO_ROOT / ".mcp.json", repo / ".mcp.json")
+    git(repo, "add", ".mcp.json")
+    git(repo, "commit", "-qm", "the project's server entry")  # a steering file: pinned, so committed
     (repo / ".venv").symlink_to(REPO_ROOT / ".venv")
     (repo / ".claude").mkdir()
     (repo / ".claude" / "settings.local.json").write_text(json.dumps({"enableAllProjectMcpServers": True}))
