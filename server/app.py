@@ -128,21 +128,32 @@ async def write_train(
 async def run_experiment(
     ctx: Context[AppState],
     description: Annotated[str, Field(min_length=1, max_length=200, description="the idea, in a few words")],
+    repeats: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=10,
+            description="run it with this many seeds (each a full run); on a near miss awaiting a "
+            "decision, with the script unchanged, adds this many seeds to it",
+        ),
+    ] = None,
 ) -> Annotated[CallToolResult, views.RunResult]:
     """Commit the current script and run it as one experiment with the fixed time budget; blocks until it ends
-    (minutes) and returns the metric, its change against the best, and on failure the end of the log.
-    Afterwards call keep or discard."""
+    (minutes) and returns the metric (the mean over its seeds), its change against the best, whether that is
+    beyond the noise, and on failure the end of the log. The tag's first run measures the noise floor on
+    several seeds. Afterwards call keep or discard."""
     lab_state = ctx.request_context.lifespan_context
-    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text)), description)
+    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text), repeats), description)
     lab = lab_state.get()
     try:
         started = time.monotonic()
-        outcome = None
-        while outcome is None:
+        total = lab.config.hard_timeout * (1 + len(active.seeds_left))
+        while True:
             outcome = await anyio.to_thread.run_sync(active.execution.wait, PROGRESS_EVERY_S)
             if outcome is None:
-                await ctx.report_progress(time.monotonic() - started, lab.config.hard_timeout,
-                                          views.progress_message(active, started))  # fmt: skip
+                await ctx.report_progress(time.monotonic() - started, total, views.progress_message(active, started))
+            elif not await anyio.to_thread.run_sync(lab.advance, active):
+                break
     except BaseException:  # cancelled, or the client went away mid-run: never leave the run or the lock behind
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))

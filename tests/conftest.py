@@ -41,6 +41,7 @@ command = ["{{python}}", "train.py"]
 contract = "self-reported"
 sandbox = "{"bwrap" if HAS_BWRAP else "off"}"
 time_budget = 1
+noise_seeds = 1
 timeout = 10
 kill_grace = 1
 max_log_bytes = 200000
