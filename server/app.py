@@ -172,7 +172,8 @@ async def get_history(
     ] = None,
 ) -> Annotated[CallToolResult, views.HistoryView]:
     """What has been tried: the latest runs as compact rows, the best run, counts, the run awaiting a
-    decision; match finds earlier runs of an idea (case-insensitive); run_id shows that run's full detail."""
+    decision, the noise floor; match finds earlier runs of an idea (case-insensitive); run_id shows that run's
+    full detail."""
     return compact(await call(ctx, views.history_view, limit, run_id, match))
 
 
@@ -183,8 +184,9 @@ async def keep(
     reason: Annotated[str | None, Field(max_length=300, description="required with force")] = None,
     run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
-    """Accept the latest finished run: the run branch advances to its commit. Only a strict improvement on
-    the best is kept unless force is given with a reason. Crashed runs can never be kept."""
+    """Accept the latest finished run: the run branch advances to its commit. Only a gain on the best beyond
+    the noise band (run_experiment's required_gain) is kept unless force is given with a reason. Crashed runs
+    can never be kept."""
     return compact(await call(ctx, views.decide, "keep", run_id, force, reason))
 
 

@@ -43,6 +43,8 @@ class SeedRun(BaseModel):
     status: Status
     metric: float | None = None
     wall_seconds: float | None = None
+    eval_seconds: float | None = None
+    steps: float | None = Field(default=None, description="num_steps from the run's summary, when it prints one")
 
 
 PRIVATE = {"holdout_metric", "holdout_note"}  # the human's: never in what the agent's tools return

@@ -51,6 +51,7 @@ class ActiveRun:
     base: RunRecord | None = None  # a pending run measured on more seeds
     results: list[RunRecord] = field(default_factory=list)  # each finished seed, classified
     measured: bool = False  # the current execution's result is in results
+    info: dict[str, object] = field(default_factory=dict)  # what the lock file says about the run
 
     @property
     def record(self) -> RunRecord:
@@ -265,11 +266,12 @@ class Lab:
     def _launch(self, candidate: Candidate, seeds_left: list[int], base: RunRecord | None, held: Held) -> ActiveRun:
         record = candidate.record
         deadline = time.time() + self.config.hard_timeout * (1 + len(seeds_left))
-        held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
-                       "description": record.description, "started_at": time.time(), "deadline": deadline,
-                       "budget": self.config.time_budget, "log": str(candidate.log)})  # fmt: skip
+        info = {"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
+                "description": record.description, "started_at": time.time(), "deadline": deadline,
+                "budget": self.config.time_budget, "log": str(candidate.log)}  # fmt: skip
+        held.describe(info)
         execution = launch(self.runner, self.config, self.places, candidate)
-        return ActiveRun(candidate, execution, held, deadline, seeds_left, base)
+        return ActiveRun(candidate, execution, held, deadline, seeds_left, base, info=info)
 
     def _code(self, commit: str) -> bytes:
         return gitops.blob(self.repo, commit, self.config.editable) or b""
@@ -307,6 +309,7 @@ class Lab:
         seed = active.seeds_left.pop(0)
         index = active.candidate.repeat + 1
         active.candidate = repeat(self.repo, self.config, active.candidate, index, seed)
+        active.held.describe({**active.info, "log": str(active.candidate.log), "seed": seed})  # the live view's log
         active.execution = launch(self.runner, self.config, self.places, active.candidate)
         active.measured = False
         return True

@@ -7,6 +7,7 @@ pools the sample variances of the repeated runs (the noise floor, and the candid
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ def t_cdf(t: float, df: int) -> float:
     return 0.5 + 0.5 * inside  # inside = P(-t < T < t), signed with t
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
     """The t with P(T <= t) = p, by bisection on t_cdf."""
     lo, hi = -1e6, 1e6

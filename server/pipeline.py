@@ -31,6 +31,7 @@ from server.history import History, RunRecord, SeedRun, atomic_write
 from server.isolation import Places, run_env, run_view
 from server.outcome import Measured, over_budget, timings
 from server.runner import Execution, Outcome, Runner, RunSpec
+from server.summary import as_float
 
 
 @dataclass
@@ -198,7 +199,8 @@ def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:
 
 def _seed_run(run: RunRecord) -> SeedRun:
     return SeedRun(seed=run.seed if run.seed is not None else 0, status=run.status, metric=run.metric,
-                   wall_seconds=run.wall_seconds)  # fmt: skip
+                   wall_seconds=run.wall_seconds, eval_seconds=run.timing.get("evaluation"),
+                   steps=as_float(run.summary, "num_steps"))  # fmt: skip
 
 
 def record_end(repo: git.Repo, config: Config, history: History, record: RunRecord) -> None:

@@ -73,7 +73,7 @@ class RunResult(BaseModel):
 
 
 class AgentRun(RunRecord):
-    """A run as the agent sees it: the holdout figures are not in its dumps nor in its schema."""
+    """A run as the agent sees it: the fields history.PRIVATE names are in neither its dumps nor its schema."""
 
     holdout_metric: SkipJsonSchema[float | None] = Field(default=None, exclude=True)
     holdout_note: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
