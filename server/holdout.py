@@ -27,6 +27,9 @@ def score_holdout(
     model = run_dir / "out" / MODEL_FILE
     if not (config.evaluated and config.holdout and model.is_file()):
         return None, None
+    if not (places.data / "holdout.bin").exists():  # runs go on; the human sees why there is no figure
+        return None, (f"the dataset {places.data} has no holdout split (an older prepare.py made it); "
+                      "run `autoresearch prepare` again")  # fmt: skip
     candidate = Candidate(run, run_dir, pins.load_pins(history.folder / "pins.json"))
     try:
         evaluation = score(repo, runner, config, places, candidate, model, split="holdout")

@@ -292,12 +292,6 @@ class Lab:
                 f"the dataset {self.places.data} is not prepared ({missing[0]} is missing); the human must run "
                 "`autoresearch prepare` before any experiment can run: stop and tell them."
             )
-        if self.config.holdout and not (self.places.data / "holdout.bin").exists():
-            raise StateError(
-                f"the dataset {self.places.data} was prepared before the holdout split existed; the human must run "
-                "`autoresearch prepare` again (or set holdout = false) before any experiment can run: stop and tell "
-                "them."
-            )
 
     def advance(self, active: ActiveRun) -> bool:
         """Measure the seed that ended (waiting for it); start the next seed if this one went well and one is
