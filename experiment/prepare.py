@@ -489,8 +489,11 @@ def check_ready(name: str | None) -> int:
     if (directory / "meta.json").exists():
         version = json.loads((directory / "meta.json").read_text()).get("format_version", 1)
         if version < FORMAT_VERSION:
-            print(f"dataset {directory.name!r} was prepared by an older prepare.py (format {version}, without the "
-                  "holdout split); run `autoresearch prepare` again with the options that made it.", file=sys.stderr)
+            print(
+                f"dataset {directory.name!r} was prepared by an older prepare.py (format {version}, without the "
+                "holdout split); run `autoresearch prepare` again with the options that made it.",
+                file=sys.stderr,
+            )
             return 1
         print(f"ready: {directory}")
         return 0
