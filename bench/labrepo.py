@@ -172,7 +172,9 @@ def _config(editable: str, locked: str, command: str, budget: float, eval_tokens
             extra: tuple[str, ...] = ()) -> str:  # fmt: skip
     lines = ["[autoresearch]", 'tag = "bench"', f'editable = "{editable}"', f'locked = ["{locked}"]',
              f"command = {command}", f"time_budget = {budget:g}", f"timeout = {2 * budget + 120:g}",
-             "kill_grace = 1", f"eval_tokens = {eval_tokens}", *extra, "", "[autoresearch.env]"]  # fmt: skip
+             "kill_grace = 1", f"eval_tokens = {eval_tokens}",
+             "noise_seeds = 1",  # one run per call: these benchmarks time runs; bench/noise.py costs the floor
+             *extra, "", "[autoresearch.env]"]  # fmt: skip
     return "\n".join([*lines, *(f'{k} = "{v}"' for k, v in env.items()), ""])
 
 

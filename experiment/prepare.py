@@ -7,8 +7,10 @@ Two roles:
   * One-time preparation, run by hand:
         python experiment/prepare.py [--source shakespeare|climbmix|files] [--paths P ...]
                                      [--vocab-size N | --byte-level] [--name NAME] [--num-shards N]
-    It obtains a corpus, splits it into train/val deterministically, trains a BPE tokenizer on the
-    train split only, and tokenizes both splits once into uint16 files under <cache>/<name>/.
+    It obtains a corpus, splits it into train/holdout/val deterministically, trains a BPE tokenizer on the
+    train split only, and tokenizes the splits once into uint16 files under <cache>/<name>/. The holdout
+    split (the tail of each training document) is scored by the server on kept runs only; no run or agent
+    ever sees its figures.
   * A runtime API that train.py imports: the constants below, get_device(), load_tokenizer(),
     make_dataloader(), training_starts() and save_model(). The training run sees the train split only.
   * The evaluator, started by the server (never by train.py) from the pinned copy of this file:
@@ -61,6 +63,7 @@ EVAL_BATCH_SIZE = 2  # rows per evaluation batch on a CPU (fastest there: the lo
 EVAL_BATCH_SIZE_GPU = 32  # rows per evaluation batch on a GPU
 VOCAB_SIZE = 8192  # tokens, special tokens included
 VAL_FRACTION = 0.05  # fraction of each document (its tail) held out as validation
+HOLDOUT_FRACTION = 0.05  # fraction of each training document (its tail, just before val) held out for the server
 BOS_TOKEN = "<|bos|>"  # prepended to every document and to every training/evaluation row
 SPECIAL_TOKENS = [BOS_TOKEN]
 DEFAULT_DATASET = "shakespeare-bpe8192"  # dataset name under the cache directory
@@ -80,7 +83,7 @@ MODEL_FILE = "model.pt2"  # the handed-over model, in the run's output folder
 EXPORT_ERROR_FILE = "export_error.txt"  # why the model could not be exported, for the agent
 EXPORT_MAX_BATCH = 4096  # rows; the exported model takes any batch up to this at T = MAX_SEQ_LEN
 CAUSALITY_PROBES = 4  # rows whose future tokens the evaluator changes: earlier logits must not move
-FORMAT_VERSION = 1  # bump when the on-disk layout changes, so old caches are rebuilt
+FORMAT_VERSION = 2  # bump when the on-disk layout changes, so old caches are rebuilt (2: holdout.bin)
 ENCODE_BATCH = 256  # documents per tokenizer batch (bounds memory on large corpora)
 # The GPT-4 split pattern (also rustbpe's default): words, 1-3 digit numbers, punctuation runs, spaces.
 SPLIT_PATTERN = (
@@ -162,6 +165,17 @@ def split_document(text: str) -> tuple[str, str]:
     """Train = the first 95% of the characters, val = the last 5%: every document contributes to both."""
     cut = int(len(text) * (1.0 - VAL_FRACTION))
     return text[:cut], text[cut:]
+
+
+def carve_holdout(train_docs: list[str]) -> tuple[list[str], list[str]]:
+    """The last HOLDOUT_FRACTION of each training document becomes the holdout (the text just before val)."""
+    heads, tails = [], []
+    for text in train_docs:
+        cut = int(len(text) * (1.0 - HOLDOUT_FRACTION))
+        heads.append(text[:cut])
+        if text[cut:]:
+            tails.append(text[cut:])
+    return heads, tails
 
 
 def split_documents(named_texts: list[tuple[str, str]]) -> Corpus:
@@ -494,12 +508,13 @@ def is_prepared(directory: Path, fingerprint: str) -> bool:
     if not meta_path.exists():
         return False
     meta = json.loads(meta_path.read_text())
-    files = ("train.bin", "val.bin", "tokenizer.json", "token_bytes.npy")
+    files = ("train.bin", "val.bin", "holdout.bin", "tokenizer.json", "token_bytes.npy")
     return meta.get("fingerprint") == fingerprint and all((directory / f).exists() for f in files)
 
 
 def build_dataset(directory: Path, corpus: Corpus, config: dict[str, Any], fingerprint: str) -> dict:
     train_docs, val_docs, inputs = corpus
+    train_docs, holdout_docs = carve_holdout(train_docs)
     (directory / "meta.json").unlink(missing_ok=True)  # the dataset is incomplete until meta.json returns
     t0 = time.time()
     if config["byte_level"]:
@@ -517,6 +532,7 @@ def build_dataset(directory: Path, corpus: Corpus, config: dict[str, Any], finge
     os.replace(tb_tmp, directory / "token_bytes.npy")
     outputs = {"train.bin": write_tokens(tok, train_docs, directory / "train.bin", "tokenize train")}
     outputs["val.bin"] = write_tokens(tok, val_docs, directory / "val.bin", "tokenize val")
+    outputs["holdout.bin"] = write_tokens(tok, holdout_docs, directory / "holdout.bin", "tokenize holdout")
     for f in ("tokenizer.json", "token_bytes.npy"):
         outputs[f] = {"sha256": sha256_file(directory / f)}
     return {
@@ -528,6 +544,7 @@ def build_dataset(directory: Path, corpus: Corpus, config: dict[str, Any], finge
         "bos_id": tok.bos_id,
         "documents": {"train": len(train_docs), "val": len(val_docs)},
         "bytes": {"train": sum(len(d.encode()) for d in train_docs), "val": sum(len(d.encode()) for d in val_docs)},
+        "holdout": {"documents": len(holdout_docs), "bytes": sum(len(d.encode()) for d in holdout_docs)},
         "inputs": inputs,
         "outputs": outputs,
     }
@@ -546,6 +563,7 @@ def prepare(source: str, paths: list[str], vocab_size: int, byte_level: bool, na
         "byte_level": byte_level,
         "vocab_size": 257 if byte_level else vocab_size,
         "val_fraction": VAL_FRACTION,
+        "holdout_fraction": HOLDOUT_FRACTION,
         "split_pattern": SPLIT_PATTERN,
         "format_version": FORMAT_VERSION,
     }
@@ -605,6 +623,14 @@ def check_ready(name: str | None) -> int:
     """Exit status 0 when the named (default: AUTORESEARCH_DATASET's) dataset is complete, else 1 and why."""
     directory = dataset_dir(name)
     if (directory / "meta.json").exists():
+        version = json.loads((directory / "meta.json").read_text()).get("format_version", 1)
+        if version < FORMAT_VERSION:
+            print(
+                f"dataset {directory.name!r} was prepared by an older prepare.py (format {version}, without the "
+                "holdout split); run `autoresearch prepare` again with the options that made it.",
+                file=sys.stderr,
+            )
+            return 1
         print(f"ready: {directory}")
         return 0
     print(

@@ -128,6 +128,15 @@ async def write_train(
 async def run_experiment(
     ctx: Context[AppState],
     description: Annotated[str, Field(min_length=1, max_length=200, description="the idea, in a few words")],
+    repeats: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=10,
+            description="run it with this many seeds (each a full run); on a near miss awaiting a "
+            "decision, with the script unchanged, adds this many seeds to it",
+        ),
+    ] = None,
     hypothesis: Annotated[
         str | None, Field(max_length=300, description="what you expect and why; kept with the run for later")
     ] = None,
@@ -136,21 +145,24 @@ async def run_experiment(
     ] = None,
 ) -> Annotated[CallToolResult, views.RunResult]:
     """Commit the current script and run it as one experiment with the fixed time budget; blocks until it is
-    scored (minutes) and returns the metric, its change against the best, and on failure the reason and the
-    end of the log. Code identical to an earlier run's is refused with that run's result. Afterwards call
-    keep or discard."""
+    scored (minutes) and returns the metric (the mean over its seeds), its change against the best, whether
+    that is beyond the noise, and on failure the reason and the end of the log. The tag's first run measures
+    the noise floor on several seeds. Code identical to an earlier run's is refused with that run's result.
+    Afterwards call keep or discard."""
     lab_state = ctx.request_context.lifespan_context
-    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text), clean_note(hypothesis),
-                                                             clean_note(duplicate_reason)), description)  # fmt: skip
+    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text), repeats, None,
+                                                             clean_note(hypothesis), clean_note(duplicate_reason)),
+                        description)  # fmt: skip
     lab = lab_state.get()
     try:
         started = time.monotonic()
-        outcome = None
-        while outcome is None:
+        total = lab.config.hard_timeout * (1 + len(active.seeds_left))
+        while True:
             outcome = await anyio.to_thread.run_sync(active.execution.wait, PROGRESS_EVERY_S)
             if outcome is None:
-                await ctx.report_progress(time.monotonic() - started, lab.config.hard_timeout,
-                                          views.progress_message(active, started))  # fmt: skip
+                await ctx.report_progress(time.monotonic() - started, total, views.progress_message(active, started))
+            elif not await anyio.to_thread.run_sync(lab.advance, active):
+                break
     except BaseException:  # cancelled, or the client went away mid-run: never leave the run or the lock behind
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
@@ -169,7 +181,8 @@ async def get_history(
     ] = None,
 ) -> Annotated[CallToolResult, views.HistoryView]:
     """What has been tried: the latest runs as compact rows, the best run, counts, the run awaiting a
-    decision; match finds earlier runs of an idea (case-insensitive); run_id shows that run's full detail."""
+    decision, the noise floor; match finds earlier runs of an idea (case-insensitive); run_id shows that run's
+    full detail."""
     return compact(await call(ctx, views.history_view, limit, run_id, match))
 
 
@@ -181,8 +194,9 @@ async def keep(
     run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
     lesson: Annotated[str | None, Field(max_length=300, description="what this run taught; kept for later")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
-    """Accept the latest finished run: the run branch advances to its commit. Only a strict improvement on
-    the best is kept unless force is given with a reason. Crashed runs can never be kept."""
+    """Accept the latest finished run: the run branch advances to its commit. Only a gain on the best beyond
+    the noise band (run_experiment's required_gain) is kept unless force is given with a reason. Crashed runs
+    can never be kept."""
     return compact(await call(ctx, views.decide, "keep", run_id, force, reason, clean_note(lesson)))
 
 

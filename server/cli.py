@@ -1,4 +1,4 @@
-"""The `autoresearch` command: prepare, run, keep, discard, serve, history, plot, watch, pin, demo.
+"""The `autoresearch` command: prepare, run, keep, discard, noise, serve, history, plot, watch, pin, demo.
 
 Every error a user can make ends with one sentence on stderr and a non-zero exit, never a traceback.
 """
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     problem = data_problem(root)
     if problem:
         raise ConfigError(problem)
-    record = run_with_progress(lab, description, out)
+    record = run_with_progress(lab, description, out, args.repeats)
     result = run_result(lab, record)
     out.print_json(result.model_dump_json())
     return 0 if record.status == "ok" else 1
@@ -120,17 +120,35 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_history(args: argparse.Namespace) -> int:
+def cmd_noise(args: argparse.Namespace) -> int:
+    """Measure the noise floor again: the best run's code on several seeds, kept as the new best."""
     from server import table
+    from server.loop import Lab
+
+    root = root_of(args)
+    lab = Lab(root, load_config(root))
+    run = lab.remeasure(args.seeds)
+    seeds = ", ".join(f"{s.seed}: {s.metric:.6f}" for s in run.repeats if s.metric is not None)
+    out.print(f"run {run.id} {run.status}: {seeds}", highlight=False)
+    out.print(table.noise_line(lab.floor(), lab.config.metric), highlight=False)
+    return 0 if run.status == "ok" else 1
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from server import noise, table
+    from server.history import best_run
 
     config, history = history_of(args)
-    runs = table.matching(history.runs(), args.match)
+    every = history.runs()
+    runs = table.matching(every, args.match)
     if args.json:
         print(table.to_json(runs))
     elif args.tsv:
         print(table.to_tsv(runs, config.metric), end="")
     else:
         out.print(table.render_table(runs[-args.limit :], config.metric, heading=table.title(runs)))
+        floor = noise.floor_of(every, best_run(every), config.confidence)
+        out.print(table.noise_line(floor, config.metric), highlight=False)
     for problem in history.problems():  # an edited history is said, never silently repaired
         err.print(f"[bold red]history problem:[/] {problem}")
     return 0
@@ -197,6 +215,9 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--tag", help="the run tag to show (default: the configuration's)")
     if name == "run":
         parser.add_argument("description", nargs="?", default="by hand", help="what this run tries")
+        parser.add_argument("--repeats", type=int, default=None, help="seeds to run it with (seed, seed+1, ...)")
+    elif name == "noise":
+        parser.add_argument("--seeds", type=int, default=None, help="seeds (default: noise_seeds, at least 2)")
     elif name == "keep":
         parser.add_argument("--force", action="store_true", help="keep although not better")
         parser.add_argument("--reason", help="why, with --force")
@@ -226,6 +247,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "run": (cmd_run, "one experiment by hand, with a live progress bar"),
     "keep": (cmd_decide, "keep the latest run (as the agent's keep tool)"),
     "discard": (cmd_decide, "discard the latest run (as the agent's discard tool)"),
+    "noise": (cmd_noise, "measure the noise floor again: the best run's code on several seeds"),
     "history": (cmd_history, "the results as a table (--json, --tsv)"),
     "plot": (cmd_plot, "progress.png: every run, the running best"),
     "watch": (cmd_watch, "a live view of the running experiment and the latest runs"),

@@ -73,6 +73,14 @@ class Config(BaseModel):
     min_improvement: float = Field(
         0.0, ge=0, description="noise floor: a run must beat the best by more than this to be kept"
     )
+    noise_seeds: int = Field(
+        3, ge=1, le=20, description="seeds the first run of a tag (the baseline) runs with, to measure the noise floor"
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="a kept run's gain must be beyond the noise at this one-sided confidence"
+    )
+    holdout: bool = Field(True, description="score every kept run on the dataset's holdout split (never shown to "
+                          "the agent)")  # fmt: skip
     eval_tokens: int = Field(40 * 524288, gt=0)
     eval_batch_size: int = Field(0, ge=0, description="rows per evaluation batch; 0: 2 on a CPU, 32 on a GPU")
     seed: int = Field(42, description="the seed every run gets (AUTORESEARCH_SEED)")
@@ -113,6 +121,14 @@ class Config(BaseModel):
     def _tag_is_ref_safe(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value) or ".." in value:
             raise ValueError("tag must be letters, digits, '.', '_' or '-' (e.g. nov25)")
+        return value
+
+    @field_validator("train_files")
+    @classmethod
+    def _no_evaluation_split(cls, value: list[str]) -> list[str]:
+        shown = [name for name in value if Path(name).name in ("val.bin", "holdout.bin")]
+        if shown:
+            raise ValueError(f"train_files must not include {shown[0]}: only the evaluator may read it")
         return value
 
     @property

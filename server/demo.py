@@ -1,7 +1,8 @@
 """`autoresearch demo`: the whole loop on this machine, no language model needed.
 
 A built-in agent drives the real MCP server over stdio (started as .mcp.json says) with the six tools
-only: a baseline, then one hyperparameter change per experiment, keep on improvement, discard otherwise.
+only: a baseline (the server runs it on several seeds: the noise floor), then one hyperparameter change per
+experiment, keep when the gain is beyond the noise, repeat a near miss on more seeds, discard otherwise.
 It works in a git worktree on its own run tag, so the user's checkout is never touched.
 """
 
@@ -22,10 +23,10 @@ import anyio
 from mcp import Client, StdioServerParameters
 from rich.console import Console
 
-from server import gitops, table
+from server import gitops, noise, table
 from server.config import load_config
 from server.errors import ConfigError, InvalidInputError, StateError
-from server.history import History
+from server.history import History, best_run
 from server.lock import RepoLock
 from server.plot import plot_progress
 
@@ -108,11 +109,24 @@ class DemoAgent:
     async def experiment(self, number: int, description: str) -> None:
         self.console.print(f"[bold]experiment {number}[/bold]: {description}")
         result = await self.call("run_experiment", description=description)
+        self.show(result)
+        if result.get("near_miss"):
+            self.console.print("  a near miss: the same code on 2 more seeds")
+            result = await self.call("run_experiment", description=description, repeats=2)
+            self.show(result)
         decision = "keep" if result["improved"] else "discard"
         await self.call(decision)
+        self.console.print(f"  -> [{'green' if decision == 'keep' else 'yellow'}]{decision}")
+
+    def show(self, result: dict[str, Any]) -> None:
+        """The metric (mean over seeds), its spread, the change on the best and what the gate made of it."""
         metric = f"{result['metric']:.6f}" if result["metric"] is not None else result["status"]
-        delta = f" ({result['delta']:+.6f})" if result["delta"] is not None else ""
-        self.console.print(f"  -> {metric}{delta}: [{'green' if decision == 'keep' else 'yellow'}]{decision}")
+        spread = f" ±{result['std']:.4f} over {result['seeds']} seeds" if result.get("std") is not None else ""
+        delta = f" ({result['delta']:+.6f}" if result["delta"] is not None else ""
+        if delta and result.get("required_gain") is not None:
+            where = "beyond" if result["improved"] else "inside"
+            delta += f", {where} the noise band of {result['required_gain']:.6f}"
+        self.console.print(f"  {metric}{spread}{delta + ')' if delta else ''}", highlight=False)
 
     async def loop(self, experiments: int) -> None:
         await self.experiment(1, "baseline")
@@ -179,7 +193,7 @@ def run_demo(root: Path, experiments: int, budget: float, out: str, console: Con
             anyio.run(_drive, server_params(root, worktree, env), console, experiments, random.Random(seed))
         finally:
             repo.git.worktree("remove", "--force", str(worktree))
-    return report(History(state / tag), root / out, console, tag, config.metric, config.direction)
+    return report(History(state / tag), root / out, console, tag, config.metric, config.direction, config.confidence)
 
 
 async def _drive(params: StdioServerParameters, console: Console, experiments: int, rng: random.Random) -> None:
@@ -187,10 +201,18 @@ async def _drive(params: StdioServerParameters, console: Console, experiments: i
         await DemoAgent(client, console, rng).loop(experiments)
 
 
-def report(history: History, png: Path, console: Console, tag: str, metric: str, direction: str) -> int:
+def report(
+    history: History, png: Path, console: Console, tag: str, metric: str, direction: str, confidence: float = 0.95
+) -> int:
     """The history table and the chart, in the configured metric and direction."""
     runs = history.runs()
     console.print(table.render_table(runs, metric))
+    console.print(table.noise_line(noise.floor_of(runs, best_run(runs), confidence), metric), highlight=False)
+    better = 1.0 if direction == "maximize" else -1.0
+    beyond = [f"run {r.id}" for r in runs if r.decision == "keep" and r.beyond_noise and r.best_before is not None]
+    inside = [f"run {r.id}" for r in runs if r.beyond_noise is False and (r.delta or 0.0) * better > 0]
+    console.print(f"gains beyond the noise (kept): {', '.join(beyond) or 'none'}; gains inside the noise "
+                  f"(discarded): {', '.join(inside) or 'none'}", highlight=False)  # fmt: skip
     plot_progress(runs, png, metric, direction)
     console.print(f"wrote {png}; the best code is on branch {gitops.run_branch(tag)}")
     return 0

@@ -36,6 +36,20 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class SeedRun(BaseModel):
+    """One seed of a run: a run repeated with seeds seed, seed+1, ... records each."""
+
+    seed: int
+    status: Status
+    metric: float | None = None
+    wall_seconds: float | None = None
+    eval_seconds: float | None = None
+    steps: float | None = Field(default=None, description="num_steps from the run's summary, when it prints one")
+
+
+PRIVATE = {"holdout_metric", "holdout_note"}  # the human's: never in what the agent's tools return
+
+
 class RunRecord(BaseModel):
     """One experiment, from start to decision."""
 
@@ -57,6 +71,12 @@ class RunRecord(BaseModel):
     flags: list[str] = Field(default_factory=list, description="e.g. unsandboxed, self-reported, reported_mismatch")
     timing: dict[str, float] = Field(default_factory=dict, description="seconds measured by the server")
     seed: int | None = None
+    repeats: list[SeedRun] = Field(default_factory=list, description="each seed's result; metric is their mean")
+    metric_std: float | None = Field(default=None, description="sample standard deviation over the seeds")
+    required_gain: float | None = Field(default=None, description="the gain the keep gate needed at the decision")
+    beyond_noise: bool | None = Field(default=None, description="whether the gain was beyond the noise band")
+    holdout_metric: float | None = Field(default=None, description="(private) the kept model on the holdout split")
+    holdout_note: str | None = Field(default=None, description="(private) why the holdout disagrees, if it does")
     settings: dict[str, Any] = Field(default_factory=dict, description="budget, sandbox and overrides in effect")
     gpu_memory_gb: float | None = None
     epochs: float | None = Field(default=None, description="tokens trained / tokens in the train split")
@@ -76,6 +96,16 @@ class RunRecord(BaseModel):
         if self.metric is None or self.best_before is None:
             return None
         return self.metric - self.best_before
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds ran (a record from before repeats: one)."""
+        return len(self.repeats) or 1
+
+    @property
+    def primary_metric(self) -> float | None:
+        """The first seed's metric: the model kept in out/ and scored on the holdout."""
+        return self.repeats[0].metric if self.repeats else self.metric
 
     @property
     def tsv_status(self) -> str:
@@ -205,7 +235,17 @@ def fold(events: list[dict[str, Any]]) -> dict[int, RunRecord]:
     return runs
 
 
-_DECISION_KEYS = {"decision", "forced", "force_reason", "decided_at", "lesson"}
+_DECISION_KEYS = {
+    "decision",
+    "forced",
+    "force_reason",
+    "decided_at",
+    "required_gain",
+    "beyond_noise",
+    "holdout_metric",
+    "holdout_note",
+    "lesson",
+}
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
@@ -268,13 +308,13 @@ class History:
             self.write_tsv()
 
     def decide(
-        self, run_id: int, decision: Decision, force_reason: str | None = None, lesson: str | None = None
+        self, run_id: int, decision: Decision, force_reason: str | None = None, **extra: float | bool | str | None
     ) -> None:
+        """The decision event; extra carries the gate's figures and the holdout (keys in _DECISION_KEYS)."""
         event: dict[str, Any] = {"type": "decision", "id": run_id, "decision": decision, "decided_at": now()}
         if force_reason is not None:
             event.update(forced=True, force_reason=force_reason)
-        if lesson:
-            event["lesson"] = lesson
+        event.update({k: v for k, v in extra.items() if k in _DECISION_KEYS and v is not None})
         append_event(self.events_path, event)
         decided = self.get(run_id)
         if decided is not None:

@@ -9,21 +9,24 @@ from server.history import RunRecord
 from server.loop import Lab
 
 
-def run_with_progress(lab: Lab, description: str, console: Console) -> RunRecord:
-    """Start a run, draw step, loss and time left until it ends, then collect it."""
-    active = lab.start_run(description)
+def run_with_progress(lab: Lab, description: str, console: Console, repeats: int | None = None) -> RunRecord:
+    """Start a run, draw step, loss and time left of each seed until it ends, then collect it."""
+    active = lab.start_run(description, repeats)
     budget = lab.config.time_budget
-    columns = [TextColumn("run {task.fields[run]}"), BarColumn(), TextColumn("{task.description}"),
-               TimeElapsedColumn()]  # fmt: skip
+    columns = [TextColumn("run {task.fields[run]} seed {task.fields[seed]}"), BarColumn(),
+               TextColumn("{task.description}"), TimeElapsedColumn()]  # fmt: skip
     try:
         with Progress(*columns, console=console, transient=False) as bar:
-            task = bar.add_task("starting", total=budget, run=active.record.id)
-            while active.execution.wait(0.5) is None:
-                progress = active.execution.progress()
-                if progress is not None:
-                    done = budget - progress.remaining if progress.remaining is not None else 0.0
-                    bar.update(task, completed=min(budget, done), description=progress.describe())
-            bar.update(task, completed=budget, description="evaluated")
+            while True:
+                task = bar.add_task("starting", total=budget, run=active.record.id, seed=active.candidate.record.seed)
+                while active.execution.wait(0.5) is None:
+                    progress = active.execution.progress()
+                    if progress is not None:
+                        done = budget - progress.remaining if progress.remaining is not None else 0.0
+                        bar.update(task, completed=min(budget, done), description=progress.describe())
+                bar.update(task, completed=budget, description="evaluating")
+                if not lab.advance(active):
+                    break
     except BaseException:
         lab.finish_run(active, cancelled=True)
         raise

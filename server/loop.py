@@ -10,14 +10,15 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from server import caps, gitops, pins, sandbox
+from server import caps, gitops, noise, pins, sandbox
 from server.config import CONFIG_NAME, Config
 from server.edits import Edit, apply_edits, fingerprint, validate_source
 from server.errors import BusyError, DuplicateError, InvalidInputError, NightOverError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
+from server.holdout import score_holdout
 from server.isolation import Places
 from server.lock import Held, RepoLock
 from server.outcome import classify
@@ -26,10 +27,12 @@ from server.pipeline import (
     Warm,
     cleanup,
     collect,
+    combine,
     launch,
     make_candidate,
     measure,
     record_end,
+    repeat,
     start_warm,
     tampered,
 )
@@ -42,13 +45,18 @@ UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no r
 
 @dataclass
 class ActiveRun:
-    """A started run: its candidate, its process and the lock it holds until it is collected."""
+    """A started run: its candidate, its process (the current seed's) and the lock it holds until collected."""
 
     candidate: Candidate
     execution: Execution
     held: Held
     deadline: float
-    warm: Warm | None = None  # its evaluator, started with it
+    warm: Warm | None = None  # the current seed's evaluator, started with it
+    seeds_left: list[int] = field(default_factory=list)  # run after the current seed, while every seed goes well
+    base: RunRecord | None = None  # a pending run measured on more seeds
+    results: list[RunRecord] = field(default_factory=list)  # each finished seed, classified
+    measured: bool = False  # the current execution's result is in results
+    info: dict[str, object] = field(default_factory=dict)  # what the lock file says about the run
 
     @property
     def record(self) -> RunRecord:
@@ -215,45 +223,85 @@ class Lab:
             )
 
     def start_run(
-        self, description: str, hypothesis: str | None = None, duplicate_reason: str | None = None
+        self,
+        description: str,
+        repeats: int | None = None,
+        data: bytes | None = None,
+        hypothesis: str | None = None,
+        duplicate_reason: str | None = None,
     ) -> ActiveRun:
-        """Commit the candidate, export that commit as a snapshot and start it; the lock stays held."""
+        """Commit the candidate, export that commit as a snapshot and start its first seed; the lock stays held.
+
+        repeats: seeds to run (seed, seed+1, ...); by default the tag's first run (no kept run yet) runs
+        noise_seeds of them and later runs one. With repeats, a pending run whose code is the file's is
+        measured on that many more seeds instead. data: the file to run (default: the working file).
+        Code identical to an earlier run's is refused unless duplicate_reason says why to run it again."""
         held = self.lock.acquire("run")
         try:
-            return self._start_locked(description, held, hypothesis, duplicate_reason)
+            return self._start_locked(description, repeats, data, held, hypothesis, duplicate_reason)
         except BaseException:
             held.release()
             raise
 
     def _start_locked(
-        self, description: str, held: Held, hypothesis: str | None = None, duplicate_reason: str | None = None
+        self,
+        description: str,
+        repeats: int | None,
+        data: bytes | None,
+        held: Held,
+        hypothesis: str | None = None,
+        duplicate_reason: str | None = None,
     ) -> ActiveRun:
         self._recover(held)
         self._start_tag()
-        self._refuse_if_pending("run_experiment")
         self._refuse_after_caps()
         pinned = pins.load_pins(self.pins_path)
         pins.check(pinned, self.root, self.config.tag)
+        if data is None:
+            data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
+        pending = self.pending()
+        if pending is not None and repeats is not None and data == self._code(pending.commit):
+            self._refuse_unprepared()
+            return self._extend(pending, repeats, pinned, held)
+        self._refuse_if_pending("run_experiment")
         self._refuse_unprepared()
         parent = self._expected_tip()
-        data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
         code = fingerprint(data.decode("utf-8", "replace"))
         if self.config.refuse_duplicates and not (duplicate_reason or "").strip():
             self._refuse_duplicate(code)
         best = self.best()
+        count = repeats or (self.config.noise_seeds if best is None else 1)
+        seeds = [self.config.seed + i for i in range(count)]
         record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=description,
-                           best_before=best.metric if best else None, seed=self.config.seed,
+                           best_before=best.metric if best else None, seed=seeds[0],
                            settings=self._settings(), fingerprint=code, hypothesis=hypothesis or None,
                            duplicate_reason=(duplicate_reason or "").strip() or None)  # fmt: skip
         candidate = make_candidate(self.repo, self.config, self.history, record, data, pinned)
         self.history.record(candidate.record, "start")
-        deadline = time.time() + self.config.hard_timeout
-        held.describe({"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
-                       "description": description, "started_at": time.time(), "deadline": deadline,
-                       "budget": self.config.time_budget, "log": str(candidate.log)})  # fmt: skip
+        return self._launch(candidate, seeds[1:], None, held)
+
+    def _extend(self, pending: RunRecord, repeats: int, pinned: dict[str, str], held: Held) -> ActiveRun:
+        """A near miss measured on `repeats` more seeds, continuing after its last one."""
+        done = pending.repeats or []
+        last = max([s.seed for s in done] + [pending.seed if pending.seed is not None else self.config.seed])
+        seeds = [last + 1 + i for i in range(repeats)]
+        first = Candidate(pending, self.history.run_dir(pending.id), pinned)
+        candidate = repeat(self.repo, self.config, first, pending.seeds, seeds[0])
+        return self._launch(candidate, seeds[1:], pending, held)
+
+    def _launch(self, candidate: Candidate, seeds_left: list[int], base: RunRecord | None, held: Held) -> ActiveRun:
+        record = candidate.record
+        deadline = time.time() + self.config.hard_timeout * (1 + len(seeds_left))
+        info = {"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
+                "description": record.description, "started_at": time.time(), "deadline": deadline,
+                "budget": self.config.time_budget, "log": str(candidate.log)}  # fmt: skip
+        held.describe(info)
         execution = launch(self.runner, self.config, self.places, candidate)
         warm = start_warm(self.repo, self.runner, self.config, self.places, candidate)
-        return ActiveRun(candidate, execution, held, deadline, warm)
+        return ActiveRun(candidate, execution, held, deadline, warm, seeds_left, base, info=info)
+
+    def _code(self, commit: str) -> bytes:
+        return gitops.blob(self.repo, commit, self.config.editable) or b""
 
     def _refuse_duplicate(self, code: str) -> None:
         """The same code (comments and formatting aside) as an earlier run: its result is already known."""
@@ -293,35 +341,90 @@ class Lab:
                 "`autoresearch prepare` before any experiment can run: stop and tell them."
             )
 
-    def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
-        """Collect the run, take the server's measurements, classify and record it, release the lock."""
+    def advance(self, active: ActiveRun) -> bool:
+        """Measure the seed that ended (waiting for it); start the next seed if this one went well and one is
+        left. False when the run has no seed left to run: call finish_run."""
+        if not active.measured:
+            active.results.append(self._measure(active, cancelled=False))
+        if active.results[-1].status != "ok" or not active.seeds_left:
+            return False
+        seed = active.seeds_left.pop(0)
+        index = active.candidate.repeat + 1
+        active.candidate = repeat(self.repo, self.config, active.candidate, index, seed)
+        active.held.describe({**active.info, "log": str(active.candidate.log), "seed": seed})  # the live view's log
+        active.execution = launch(self.runner, self.config, self.places, active.candidate)
+        active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
+        active.measured = False
+        return True
+
+    def _measure(self, active: ActiveRun, cancelled: bool) -> RunRecord:
+        """Collect the current seed's run, take the server's measurements and classify them."""
         candidate = active.candidate
+        outcome = collect(active.execution, cancelled)
+        changed = tampered(self.config, candidate, self.root, self.pins_path)
+        measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
+                           active.warm)  # fmt: skip
+        active.warm = None
+        active.measured = True
+        record = classify(candidate.record, measured, self.config)
+        cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
+        return record
+
+    def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
+        """Run what is left of the seeds (or kill the current one when cancelled), combine them into the run's
+        record, record it, release the lock."""
         try:
-            outcome = collect(active.execution, cancelled)
-            changed = tampered(self.config, candidate, self.root, self.pins_path)
-            measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
-                               active.warm)  # fmt: skip
-            record = classify(candidate.record, measured, self.config)
-            cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
+            if cancelled and not active.measured:
+                active.results.append(self._measure(active, cancelled=True))
+            while not cancelled and self.advance(active):
+                pass
+            record = combine(active.base, active.results)
             record_end(self.repo, self.config, self.history, record)
             return record
         finally:
             if active.warm is not None:
-                active.warm.execution.kill("cancelled")  # a no-op once it has ended
-            cleanup(candidate)
+                active.warm.execution.kill("cancelled")  # an evaluator never released
+            cleanup(active.candidate)
             active.held.release()
 
-    def run(self, description: str) -> RunRecord:
-        """Start a run and block until it ends (the CLI and tests; the MCP tool adds progress)."""
-        active = self.start_run(description)
+    def run(self, description: str, repeats: int | None = None, data: bytes | None = None) -> RunRecord:
+        """Start a run and block until its seeds end (the CLI and tests; the MCP tool adds progress)."""
+        active = self.start_run(description, repeats, data)
         try:
-            outcome = None
-            while outcome is None:
-                outcome = active.execution.wait(1.0)
+            while True:
+                while active.execution.wait(1.0) is None:
+                    pass
+                if not self.advance(active):
+                    break
         except BaseException:
             self.finish_run(active, cancelled=True)
             raise
         return self.finish_run(active)
+
+    def remeasure(self, seeds: int | None = None) -> RunRecord:
+        """The noise floor measured again: the best run's code on `seeds` seeds, kept as the new best (its code
+        is the best's, so the run branch does not change)."""
+        best = self._require_best()
+        count = seeds or max(2, self.config.noise_seeds)
+        description = f"noise floor: run {best.id}'s code on {count} seeds"
+        run = self.run(description, repeats=count, data=self._code(self.tip()))
+        return self.keep(run.id) if run.status == "ok" else run
+
+    def _require_best(self) -> RunRecord:
+        best = self.best()
+        if best is None:
+            raise StateError("there is no kept run yet; the tag's first run (the baseline) measures the noise floor.")
+        return best
+
+    def judge(self, run: RunRecord) -> noise.Judgement:
+        """The keep gate's verdict on a finished run against the current best."""
+        runs, config = self.history.runs(), self.config
+        return noise.judge(run, best_run(runs), noise.floor_run(runs), config.direction, config.min_improvement,
+                           config.confidence)  # fmt: skip
+
+    def floor(self) -> noise.Floor | None:
+        runs = self.history.runs()
+        return noise.floor_of(runs, best_run(runs), self.config.confidence)
 
     def _expected_tip(self) -> str:
         """The run branch's tip, refused when something outside the server moved it."""
@@ -362,21 +465,36 @@ class Lab:
                                  f"call discard, or fix train.py and run again.")  # fmt: skip
             if force and not (reason or "").strip():
                 raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
-            if not force and not self.config.better(run.metric, run.best_before):
-                raise StateError(
-                    f"run {run.id} ({run.metric:.6f}) is not better than the best ({run.best_before:.6f}) by more "
-                    f"than min_improvement ({self.config.min_improvement:g}); "
-                    "call discard, or keep with force=true and a reason if the code is simpler and the result equal."
-                )
+            verdict = self.judge(run)
             tip = self.tip()
+            # the best's code again on several seeds: the noise floor re-measured, kept without a gate
+            same = self.best() is not None and run.seeds > 1 and self._code(run.commit) == self._code(tip)
+            if not force and not same and not verdict.beyond:
+                raise StateError(self._inside_noise(run, verdict))
             if run.parent != tip and tip != run.commit:  # tip == commit: an earlier keep died before recording
                 raise StateError(f"the run branch moved since run {run.id} started (now {tip[:7]}); "
                                  "call discard and run again.")  # fmt: skip
-            self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
+            if same and not force:
+                force, reason = True, f"the best's code on {run.seeds} seeds: the noise floor re-measured"
+            holdout, note = score_holdout(self.repo, self.runner, self.config, self.places, self.history, run)
+            if not same:
+                self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
             if tip != run.commit:
                 gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
-            self.history.decide(run.id, "keep", reason if force else None, lesson)
+            self.history.decide(run.id, "keep", reason if force else None, required_gain=verdict.required,
+                                beyond_noise=verdict.beyond, holdout_metric=holdout, holdout_note=note,
+                                lesson=lesson)  # fmt: skip
             return self.history.get(run.id) or run
+
+    def _inside_noise(self, run: RunRecord, verdict: noise.Judgement) -> str:
+        gain = verdict.gain or 0.0
+        what = "is not better than the best" if gain <= 0 else "gains less than the noise band"
+        how = (f"{self.config.confidence:.0%} one-sided t-test, {verdict.n_candidate} seed(s) against the best's "
+               f"{verdict.n_best}" if verdict.band > 0 else "min_improvement; no noise floor measured")  # fmt: skip
+        more = "run_experiment with repeats=N to measure it on more seeds, " if verdict.near_miss else ""
+        return (f"run {run.id} ({run.metric:.6f}) {what} ({gain:+.6f}; the gate needs more than "
+                f"{verdict.required:.6f}: {how}); {more}call discard, or keep with force=true and a reason if the "
+                "code is simpler and the result equal.")  # fmt: skip
 
     def discard(self, run_id: int | None = None, lesson: str | None = None) -> RunRecord:
         """Reject the latest run; the editable file returns to the last kept version."""
@@ -384,7 +502,9 @@ class Lab:
         with self._hold("discard"):
             run = self._latest(run_id)
             self._sync_editable(self.tip())
-            self.history.decide(run.id, "discard", None, lesson)
+            verdict = self.judge(run) if run.status == "ok" else None
+            self.history.decide(run.id, "discard", required_gain=verdict.required if verdict else None,
+                                beyond_noise=verdict.beyond if verdict else None, lesson=lesson)  # fmt: skip
             shutil.rmtree(self.history.run_dir(run.id) / "out", ignore_errors=True)  # its model is not needed
             return self.history.get(run.id) or run
 

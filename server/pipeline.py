@@ -1,11 +1,13 @@
 """One run, as stages a reader can name, each a unit with its collaborators passed in:
 
     candidate   commit the file in a private index, pin-check and export the snapshot     (git, pins)
+    repeat      the same commit again with the next seed, in fresh folders                (git)
     launch      start the run: sandboxed or in its own process group                      (runner, isolation)
     collect     wait for its end; what the server measured: clock marks, memory           (runner)
     hand-over   the model the run left in its output folder, or the exporter's reason     (evaluator)
     evaluate    the locked evaluator scores that model in a sandbox of its own            (evaluator)
     classify    status, metric and reason from the measurements, never from the run's word (outcome)
+    combine     the seeds' results as one record: mean, sample std, each seed's metric   (history)
     record      the history event, results.tsv, the run's diff                            (history)
 
 The loop (loop.py) decides which candidate and whether to keep it; it never measures.
@@ -13,7 +15,9 @@ The loop (loop.py) decides which candidate and whether to keep it; it never meas
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import statistics
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -24,11 +28,11 @@ import git
 from server import gitops, pins
 from server.config import Config
 from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
-from server.history import History, RunRecord, atomic_write
+from server.history import History, RunRecord, SeedRun, atomic_write
 from server.isolation import Places, run_env, run_view, train_tokens
 from server.outcome import Measured, over_budget, timings
 from server.runner import Execution, Outcome, Runner, RunSpec
-from server.summary import MODEL_FILE
+from server.summary import MODEL_FILE, as_float
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Candidate:
     run_dir: Path
     pinned: dict[str, str]
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    repeat: int = 0  # the seed's place in the run: 0 keeps its model in out/ and its log in log.txt
 
     @property
     def snapshot(self) -> Path:
@@ -46,7 +51,7 @@ class Candidate:
 
     @property
     def output(self) -> Path:
-        return self.run_dir / "out"
+        return self.run_dir / ("out" if self.repeat == 0 else f"out-{self.repeat}")
 
     @property
     def scratch(self) -> Path:
@@ -54,7 +59,7 @@ class Candidate:
 
     @property
     def log(self) -> Path:
-        return self.run_dir / "log.txt"
+        return self.run_dir / ("log.txt" if self.repeat == 0 else f"log-{self.repeat}.txt")
 
 
 def make_candidate(
@@ -66,16 +71,27 @@ def make_candidate(
     commit = gitops.commit_file(repo, record.parent, config.editable, data, message)
     gitops.update_ref(repo, gitops.run_ref(config.tag, record.id), commit)
     candidate = Candidate(record.model_copy(update={"commit": commit}), history.run_dir(record.id), pinned)
+    _fresh_folders(repo, config, candidate)
+    return candidate
+
+
+def repeat(repo: git.Repo, config: Config, candidate: Candidate, index: int, seed: int) -> Candidate:
+    """The same commit again with another seed: a fresh snapshot (nothing a seed wrote carries over)."""
+    record = candidate.record.model_copy(update={"seed": seed})
+    again = dataclasses.replace(candidate, record=record, repeat=index)
+    _fresh_folders(repo, config, again)
+    return again
+
+
+def _fresh_folders(repo: git.Repo, config: Config, candidate: Candidate) -> None:
     for folder in (candidate.snapshot, candidate.output, candidate.scratch):
         shutil.rmtree(folder, ignore_errors=True)
-    gitops.export_tree(repo, commit, candidate.snapshot)
+    gitops.export_tree(repo, candidate.record.commit, candidate.snapshot)
     candidate.output.mkdir(parents=True)
     candidate.scratch.mkdir(parents=True)
-    locked = {p: h for p, h in pinned.items() if p in config.locked}
-    pins.check(
-        locked, candidate.snapshot, config.tag, where=f"in run {record.id}'s snapshot (commit it was built from)"
-    )
-    return candidate
+    locked = {p: h for p, h in candidate.pinned.items() if p in config.locked}
+    where = f"in run {candidate.record.id}'s snapshot (commit it was built from)"
+    pins.check(locked, candidate.snapshot, config.tag, where=where)
 
 
 def launch(runner: Runner, config: Config, places: Places, candidate: Candidate) -> Execution:
@@ -186,6 +202,46 @@ def score(
     return evaluate(runner, spec, result)
 
 
+def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:
+    """One record for the seeds run so far (base: a pending run being measured on more seeds): each seed's
+    result, the mean metric and its sample standard deviation; the first seed that failed fails the run."""
+    first = base or results[0]
+    earlier = (base.repeats or [_seed_run(base)]) if base else []
+    seeds = [*earlier, *(_seed_run(r) for r in results)]
+    failed = next((r for r in results if r.status != "ok"), None)
+    wall = sum(s.wall_seconds or 0.0 for s in seeds)
+    if failed is not None:
+        why = f"seed {failed.seed}: {failed.reason}" if len(seeds) > 1 else failed.reason
+        return first.model_copy(
+            update={
+                "status": failed.status,
+                "reason": why,
+                "metric": None,
+                "repeats": seeds,
+                "wall_seconds": wall,
+                "metric_std": None,
+                "ended_at": failed.ended_at,
+            }
+        )
+    values = [s.metric for s in seeds if s.metric is not None]
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return (base or results[0]).model_copy(
+        update={
+            "metric": statistics.fmean(values),
+            "metric_std": std,
+            "repeats": seeds,
+            "wall_seconds": wall,
+            "ended_at": results[-1].ended_at,
+        }  # fmt: skip
+    )
+
+
+def _seed_run(run: RunRecord) -> SeedRun:
+    return SeedRun(seed=run.seed if run.seed is not None else 0, status=run.status, metric=run.metric,
+                   wall_seconds=run.wall_seconds, eval_seconds=run.timing.get("evaluation"),
+                   steps=as_float(run.summary, "num_steps"))  # fmt: skip
+
+
 def record_end(repo: git.Repo, config: Config, history: History, record: RunRecord) -> None:
     """The run's diff against its parent, then the history's end event (results.tsv follows)."""
     old = gitops.blob(repo, record.parent, config.editable) or b""
@@ -199,3 +255,5 @@ def cleanup(candidate: Candidate) -> None:
     """Free what the run wrote; its logs, result and model stay (the model until the run is discarded)."""
     for folder in ("tree", "tmp", "eval", "eval-val-tmp", "eval-holdout-tmp"):
         shutil.rmtree(candidate.run_dir / folder, ignore_errors=True)
+    if candidate.repeat:  # only the first seed's model is kept (for the holdout)
+        shutil.rmtree(candidate.output, ignore_errors=True)

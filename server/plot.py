@@ -24,6 +24,7 @@ KEEP_COLOR = "#2ca02c"
 DISCARD_COLOR = "#9e9e9e"
 CRASH_COLOR = "#d62728"
 PENDING_COLOR = "#4c72b0"
+HOLDOUT_COLOR = "#6a3d9a"
 LABEL_WIDTH = 36
 
 
@@ -84,6 +85,20 @@ def _best_line(ax: Axes, runs: list[RunRecord], direction: str) -> None:
         ax.step(xs, ys, where="post", color=KEEP_COLOR, alpha=0.7, linewidth=1.5, zorder=2, label="running best")
 
 
+def _holdout(ax: Axes, runs: list[RunRecord]) -> None:
+    """Each kept run's holdout figure beside its validation point; a red '!' where it does not confirm the gain."""
+    scored = [r for r in runs if r.holdout_metric is not None and math.isfinite(r.holdout_metric)]
+    if not scored:
+        return
+    xs, ys = [r.id + 0.15 for r in scored], [r.holdout_metric or 0.0 for r in scored]
+    ax.scatter(xs, ys, marker="D", s=30, facecolors="none", edgecolors=HOLDOUT_COLOR, linewidths=1.2, zorder=5,
+               label="holdout (kept)")  # fmt: skip
+    for run in scored:
+        if run.holdout_note:
+            ax.annotate("!", (run.id + 0.15, run.holdout_metric or 0.0), xytext=(5, -4), textcoords="offset points",
+                        color=CRASH_COLOR, fontsize=12, fontweight="bold")  # fmt: skip
+
+
 def _labels(ax: Axes, runs: list[RunRecord]) -> None:
     """Each kept run's description as a small rotated label next to its point."""
     for run in runs:
@@ -103,6 +118,7 @@ def _labels(ax: Axes, runs: list[RunRecord]) -> None:
 def _limits(ax: Axes, runs: list[RunRecord]) -> None:
     """Room above the points for the labels and the crash marks; a sensible x range for few runs."""
     values = [r.metric for r in runs if r.metric is not None and _finite(r)]
+    values += [r.holdout_metric for r in runs if r.holdout_metric is not None and math.isfinite(r.holdout_metric)]
     if values:
         lo, hi = min(values), max(values)
         span = hi - lo or abs(hi) * 0.05 or 1.0
@@ -127,6 +143,7 @@ def _draw(ax: Axes, runs: list[RunRecord], metric: str, direction: str) -> None:
     _scatter(ax, runs, "keep", color=KEEP_COLOR, edgecolors="black", linewidths=0.6, s=60, zorder=5, label="kept")
     _crashes(ax, runs)
     _best_line(ax, runs, direction)
+    _holdout(ax, runs)
     _labels(ax, runs)
     _limits(ax, runs)
     _note(ax, runs)

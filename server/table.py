@@ -7,6 +7,7 @@ import json
 from rich.table import Table
 
 from server.history import RunRecord, best_run, results_tsv
+from server.noise import Floor
 
 DESC_WIDTH = 48
 MIN_DESC_WIDTH = 16
@@ -34,7 +35,15 @@ def counts(runs: list[RunRecord]) -> dict[str, int]:
     for run in runs:
         key = _count_key(run)
         result[key] = result.get(key, 0) + 1
+    extra = extra_seed_runs(runs)
+    if extra:  # repeats cost runs: the budget counts them
+        result["extra_seed_runs"] = extra
     return result
+
+
+def extra_seed_runs(runs: list[RunRecord]) -> int:
+    """The runs repeats added: every seed after a run's first."""
+    return sum(run.seeds - 1 for run in runs)
 
 
 def _count_key(run: RunRecord) -> str:
@@ -49,6 +58,8 @@ def count_words(runs: list[RunRecord], noun: str = "run") -> str:
     words = [f"{c['runs']} {noun}{'' if c['runs'] == 1 else 's'}", f"{c['kept']} kept",
              f"{c['discarded']} discarded", f"{c['crashed']} crashed"]  # fmt: skip
     words += [f"{c[status]} {word}" for status, word in FAILED_WORDS.items() if c.get(status)]
+    if c.get("extra_seed_runs"):
+        words[0] += f" (+{c['extra_seed_runs']} seed repeats)"
     return ", ".join(words)
 
 
@@ -81,6 +92,27 @@ def fmt_epochs(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
+def fmt_seeds(run: RunRecord) -> str:
+    """'1', or '3 ±0.0021': the seeds the metric is a mean of, and their sample standard deviation."""
+    return str(run.seeds) + (f" ±{run.metric_std:.4f}" if run.metric_std is not None else "")
+
+
+def fmt_gate(run: RunRecord) -> str:
+    """What the keep gate made of the run: beyond the noise band, inside it, or kept by force."""
+    if run.forced:
+        return "forced"
+    if run.beyond_noise is None:
+        return "-"
+    return "beyond" if run.beyond_noise else "inside"
+
+
+def fmt_holdout(run: RunRecord) -> str:
+    """The kept model on the holdout (the human's view only), '!' when it does not confirm the gain."""
+    if run.holdout_metric is None:
+        return "!" if run.holdout_note else "-"
+    return f"{run.holdout_metric:.6f}" + (" !" if run.holdout_note else "")
 
 
 def _columns(runs: list[RunRecord], metric: str) -> list[list[str]]:
@@ -154,8 +186,10 @@ def render_table(
     runs: list[RunRecord], metric: str = "val_bpb", caption: str | None = None, heading: str | None = None
 ) -> Table:
     """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim."""
+    caption = caption if caption is not None else holdout_caption(runs)
     table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
-    widths = {"#": 3, "commit": 7, metric: 8, "delta": 7, "mem GB": 6, "outcome": 9, "epochs": 6}
+    widths = {"#": 3, "commit": 7, metric: 8, "seeds": 5, "delta": 7, "gate": 6, "holdout": 8, "mem GB": 6,
+              "outcome": 9, "epochs": 6}  # fmt: skip
     for name, width in widths.items():
         table.add_column(name, justify="left" if name in ("commit", "outcome") else "right", no_wrap=True,
                          min_width=max(width, len(name)))  # fmt: skip
@@ -163,9 +197,26 @@ def render_table(
     table.add_column("description", no_wrap=True, overflow="ellipsis", ratio=1)
     for run in runs:
         word = _outcome_word(run) + (" (forced)" if run.forced else "")
-        cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_delta(run), fmt_memory(run.memory_gb)]
+        cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_seeds(run), fmt_delta(run), fmt_gate(run),
+                 fmt_holdout(run), fmt_memory(run.memory_gb)]  # fmt: skip
         table.add_row(*cells, word, fmt_epochs(run.epochs), shorten(run.description, 60), style=_style(run))
     return table
+
+
+def holdout_caption(runs: list[RunRecord]) -> str | None:
+    """The kept runs whose validation gain the holdout did not confirm, for the human."""
+    notes = [f"! run {run.id}: {run.holdout_note}" for run in runs if run.holdout_note]
+    return "\n".join(notes) or None
+
+
+def noise_line(floor: Floor | None, metric: str) -> str:
+    """The noise floor in one line for the terminal."""
+    if floor is None:
+        return "noise floor: not measured yet (the tag's first run measures it)"
+    seeds = f"{floor.seeds[0]}-{floor.seeds[-1]}" if floor.seeds else "?"
+    return (f"noise floor: {metric} std {floor.std:.6f} over {len(floor.seeds)} seeds ({seeds}) of run "
+            f"{floor.run_id}, {floor.how}; a one-seed run must gain more than {floor.single_seed_gain:.6f} "
+            f"({floor.confidence:.0%} one-sided t-test)")  # fmt: skip
 
 
 def to_json(runs: list[RunRecord]) -> str:

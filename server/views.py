@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from server import caps, table
 from server.config import load_config
 from server.edits import Edit
 from server.errors import InvalidInputError, StateError
-from server.history import History, RunRecord
+from server.history import PRIVATE, History, RunRecord
 from server.lock import run_in_flight
 from server.loop import ActiveRun, Lab
+from server.noise import Floor
 from server.outcome import read_tail, tail_lines
 
 LOG_TAIL_LINES = 30
@@ -56,7 +58,12 @@ class RunResult(BaseModel):
     metric: float | None
     best: float | None = Field(description="the best metric before this run")
     delta: float | None = Field(description="metric - best; negative is better when minimizing")
-    improved: bool
+    improved: bool = Field(description="better than the best by more than the noise band: keep it")
+    seeds: int = Field(description="how many seeds it ran with; metric is their mean")
+    std: float | None = Field(default=None, description="sample standard deviation of the metric over the seeds")
+    seed_metrics: list[float] | None = Field(default=None, description="each seed's metric, with several seeds")
+    required_gain: float | None = Field(default=None, description="the gain on the best the keep gate needs")
+    near_miss: bool = Field(default=False, description="better, but inside the noise band: more seeds may settle it")
     memory_gb: float | None
     training_seconds: float | None
     total_seconds: float | None
@@ -71,8 +78,19 @@ class RunResult(BaseModel):
     )
 
 
+class AgentRun(RunRecord):
+    """A run as the agent sees it: the fields history.PRIVATE names are in neither its dumps nor its schema."""
+
+    holdout_metric: SkipJsonSchema[float | None] = Field(default=None, exclude=True)
+    holdout_note: SkipJsonSchema[str | None] = Field(default=None, exclude=True)
+
+    @classmethod
+    def of(cls, run: RunRecord) -> AgentRun:
+        return cls.model_validate(run.model_dump(exclude=PRIVATE))
+
+
 class RunDetail(BaseModel):
-    run: RunRecord
+    run: AgentRun
     diff: str
     log_tail: list[str]
 
@@ -88,6 +106,7 @@ class HistoryView(BaseModel):
     problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
     limits: str | None = Field(default=None, description="what the night's caps leave, or why the night is over")
     lessons: list[str] | None = Field(default=None, description="the latest lessons given with decisions")
+    noise: Floor | None = Field(default=None, description="the noise floor: the same-code spread of the metric")
     detail: RunDetail | None = None
 
 
@@ -131,7 +150,10 @@ def _cap(text: str, limit: int) -> str:
 
 
 def run_result(lab: Lab, run: RunRecord) -> RunResult:
-    improved = run.status == "ok" and run.metric is not None and lab.config.better(run.metric, run.best_before)
+    verdict = lab.judge(run) if run.status == "ok" and run.metric is not None else None
+    improved = verdict is not None and verdict.beyond
+    near_miss = verdict is not None and verdict.near_miss
+    metrics = [r.metric for r in run.repeats if r.metric is not None] if run.seeds > 1 else None
     tail = None
     if run.status != "ok":
         lines = tail_lines(read_tail(lab.history.run_dir(run.id) / "log.txt", 16_000), LOG_TAIL_LINES)
@@ -140,8 +162,14 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      delta=round(run.delta, 6) if run.delta is not None else None, improved=improved,
                      memory_gb=run.memory_gb, training_seconds=run.training_seconds,
                      total_seconds=run.total_seconds, commit=_short(run.commit), reason=run.reason,
-                     reported=run.reported, flags=run.flags or None, log_tail=tail,
-                     next=_next_step(run, improved), epochs=run.epochs)  # fmt: skip
+                     reported=run.reported, flags=run.flags or None, epochs=run.epochs,
+                     log_tail=tail, seeds=run.seeds, std=_round(run.metric_std), seed_metrics=metrics,
+                     required_gain=_round(verdict.required if verdict else None), near_miss=near_miss,
+                     next=_next_step(run, improved, near_miss))  # fmt: skip
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 6) if value is not None else None
 
 
 def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
@@ -154,9 +182,11 @@ def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
     return kept[::-1]
 
 
-def _next_step(run: RunRecord, improved: bool) -> str:
+def _next_step(run: RunRecord, improved: bool, near_miss: bool) -> str:
     if run.status != "ok":
         return "fix with write_train and run again, or discard"
+    if near_miss:
+        return "near miss inside the noise band: run_experiment with repeats=2 (file unchanged) adds seeds; or discard"
     return "keep" if improved else "discard (or keep with force and a reason if simpler)"
 
 
@@ -174,8 +204,7 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
                        running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
-                       lessons=lessons(runs) or None,
-                       detail=detail)  # fmt: skip
+                       lessons=lessons(runs) or None, detail=detail, noise=lab.floor())  # fmt: skip
 
 
 def lessons(runs: list[RunRecord], count: int = 8) -> list[str]:
@@ -195,7 +224,7 @@ def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
     diff_path = folder / "diff.patch"
     diff = diff_path.read_text(encoding="utf-8", errors="replace") if diff_path.exists() else ""
     tail = tail_lines(read_tail(folder / "log.txt", 16_000), LOG_TAIL_LINES)
-    return RunDetail(run=run, diff=_cap(diff, MAX_DIFF_CHARS), log_tail=tail)
+    return RunDetail(run=AgentRun.of(run), diff=_cap(diff, MAX_DIFF_CHARS), log_tail=tail)
 
 
 def running_now(lab: Lab) -> str | None:
@@ -206,7 +235,9 @@ def progress_message(active: ActiveRun, started: float) -> str:
     progress = active.execution.progress()
     elapsed = time.monotonic() - started
     where = progress.describe() if progress else "no progress line yet"
-    return f"run {active.record.id}: {where} ({elapsed:.0f}s elapsed)"
+    seeds = len(active.results) + 1 + len(active.seeds_left)
+    which = f" seed {active.candidate.record.seed} ({len(active.results) + 1}/{seeds})" if seeds > 1 else ""
+    return f"run {active.record.id}{which}: {where} ({elapsed:.0f}s elapsed)"
 
 
 def decide(

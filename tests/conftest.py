@@ -43,6 +43,7 @@ contract = "self-reported"
 sandbox = "{"bwrap" if HAS_BWRAP else "off"}"
 refuse_duplicates = false
 time_budget = 1
+noise_seeds = 1
 timeout = 10
 kill_grace = 1
 max_log_bytes = 200000

@@ -368,7 +368,7 @@ def test_min_improvement_is_a_noise_floor_for_keep(tmp_path: Path) -> None:
     lab.run("baseline")
     lab.keep()
     run_mode(lab, "ok", 0.97)  # better, but within the noise floor
-    with pytest.raises(StateError, match="by more than min_improvement"):
+    with pytest.raises(StateError, match="needs more than 0.050000: min_improvement"):
         lab.keep()
     lab.discard()
     run_mode(lab, "ok", 0.9)

@@ -56,7 +56,35 @@ def test_byte_level_files_source(prepare: ModuleType, corpus: Path) -> None:
     assert bytes(val_tokens[val_tokens != 256].astype(np.uint8)) == expected
     assert (val_tokens == 256).sum() == 3
     train_tokens = np.fromfile(directory / "train.bin", dtype=np.uint16)
-    assert len(train_tokens) == sum(len(t.encode()) for t in train) + 3
+    heads = [t[: int(len(t) * 0.95)] for t in train]  # the holdout is carved from the training text
+    assert len(train_tokens) == sum(len(t.encode()) for t in heads) + 3
+
+
+def test_holdout_is_the_tail_of_each_training_document_just_before_val(prepare: ModuleType, corpus: Path) -> None:
+    """train + holdout + val is each document again, in order: the three splits are disjoint and cover it."""
+    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    directory = prepare.dataset_dir("tiny")
+
+    def texts(split: str) -> list[bytes]:
+        return _docs(np.fromfile(directory / f"{split}.bin", dtype=np.uint16))
+
+    documents = [t.encode() for t in sorted_texts(corpus)]
+    train, holdout, val = texts("train"), texts("holdout"), texts("val")
+    assert [a + b + c for a, b, c in zip(train, holdout, val, strict=True)] == documents
+    assert all(len(h) > 0 for h in holdout) and json.loads((directory / "meta.json").read_text())["format_version"] == 2
+
+
+def _docs(tokens: np.ndarray) -> list[bytes]:
+    """The documents of a byte-level split: each starts with BOS (256)."""
+    starts = [int(i) for i in np.flatnonzero(tokens == 256)] + [len(tokens)]
+    return [bytes(tokens[a + 1 : b].astype(np.uint8)) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def test_a_dataset_from_before_the_holdout_must_be_prepared_again(prepare: ModuleType, corpus: Path) -> None:
+    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    meta_path = prepare.dataset_dir("tiny") / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
+    assert prepare.main(["--check", "--name", "tiny"]) == 1
 
 
 def test_bpe_is_deterministic_across_caches(

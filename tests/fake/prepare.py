@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+NOISE_SIGMA = 0.01  # the "noisy" mode's same-code spread
+
 
 def summary(metric, training=None):
     budget = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "1"))
@@ -26,6 +28,10 @@ def main(mode, metric):
         print(f"step {step} | loss {3.0 - step:.4f} | elapsed {step * 0.01:.2f}s | remaining 0.1s", flush=True)
     if mode == "ok":
         summary(metric)
+    elif mode == "noisy":  # metric + NOISE_SIGMA * N(0, 1), drawn from the seed the server set
+        import random
+
+        summary(metric + NOISE_SIGMA * random.Random(int(os.environ["AUTORESEARCH_SEED"])).gauss(0.0, 1.0))
     elif mode == "sleep":  # sleeps through its budget, like a real run that does nothing
         time.sleep(budget)
         summary(metric)

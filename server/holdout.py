@@ -1,0 +1,65 @@
+"""The holdout check: every kept run's model is scored on a split no run and no agent ever sees, and a kept
+gain on validation that does not show on the holdout is flagged to the human.
+
+The figures live in the history only (RunRecord.holdout_metric, holdout_note); views.py leaves them out of
+every tool result, and the evaluator's log goes to runs/<id>/eval-holdout.log, which no view reads.
+"""
+
+from __future__ import annotations
+
+import git
+
+from server import pins
+from server.config import Config
+from server.errors import AutoresearchError
+from server.history import History, RunRecord
+from server.isolation import Places
+from server.pipeline import Candidate, cleanup, score
+from server.runner import Runner
+from server.summary import MODEL_FILE
+
+
+def score_holdout(
+    repo: git.Repo, runner: Runner, config: Config, places: Places, history: History, run: RunRecord
+) -> tuple[float | None, str | None]:
+    """The run's model (its first seed's) on the holdout split, and a note when it disagrees with validation."""
+    run_dir = history.run_dir(run.id)
+    model = run_dir / "out" / MODEL_FILE
+    if not (config.evaluated and config.holdout and model.is_file()):
+        return None, None
+    if not (places.data / "holdout.bin").exists():  # runs go on; the human sees why there is no figure
+        return None, (f"the dataset {places.data} has no holdout split (an older prepare.py made it); "
+                      "run `autoresearch prepare` again")  # fmt: skip
+    candidate = Candidate(run, run_dir, pins.load_pins(history.folder / "pins.json"))
+    try:
+        evaluation = score(repo, runner, config, places, candidate, model, split="holdout")
+    except AutoresearchError as exc:
+        return None, f"the holdout could not be scored: {exc}"
+    finally:
+        cleanup(candidate)
+    if evaluation.status != "ok" or evaluation.metric is None:
+        return None, f"the holdout evaluation {evaluation.status}: {evaluation.reason}"
+    previous = previous_kept(history.runs(), run.id)
+    return evaluation.metric, holdout_note(previous, run, evaluation.metric, config.direction)
+
+
+def previous_kept(runs: list[RunRecord], before: int) -> RunRecord | None:
+    """The latest kept run before `before` that has a holdout figure."""
+    kept = [r for r in runs if r.id < before and r.decision == "keep" and r.holdout_metric is not None]
+    return kept[-1] if kept else None
+
+
+def holdout_note(previous: RunRecord | None, run: RunRecord, holdout: float, direction: str) -> str | None:
+    """Why the holdout disagrees: validation improved on the previous kept run, the holdout did not.
+
+    Both figures are of the same models (each run's first seed), so the comparison is like for like."""
+    val_before, val_now = previous.primary_metric if previous else None, run.primary_metric
+    if previous is None or previous.holdout_metric is None or val_before is None or val_now is None:
+        return None
+    sign = 1.0 if direction == "minimize" else -1.0
+    val_gain = sign * (val_before - val_now)
+    holdout_gain = sign * (previous.holdout_metric - holdout)
+    if val_gain > 0 and holdout_gain <= 0:
+        return (f"validation gain {val_gain:.6f} on run {previous.id} does not appear on the holdout "
+                f"({holdout_gain:+.6f})")  # fmt: skip
+    return None
