@@ -266,9 +266,9 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
         raise StorageError(f"could not write {path} ({exc}); free disk space and retry.") from exc
 
 
-def results_tsv(runs: list[RunRecord]) -> str:
+def results_tsv(runs: list[RunRecord], metric: str = "val_bpb") -> str:
     """The original's five columns; crashes as 0.000000 and 0.0; undecided runs are left out."""
-    lines = [TSV_HEADER]
+    lines = [TSV_HEADER.replace("val_bpb", metric)]  # the original's header, with this experiment's metric
     for run in runs:
         if run.tsv_status == "pending" or run.status == "running":
             continue
@@ -283,8 +283,9 @@ def results_tsv(runs: list[RunRecord]) -> str:
 class History:
     """The history of one run tag in its state folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, metric: str = "val_bpb") -> None:
         self.folder = folder
+        self.metric = metric  # the second column of results.tsv
         self.events_path = folder / "runs.jsonl"
         self.tsv_path = folder / "results.tsv"
 
@@ -343,7 +344,7 @@ class History:
         return expected
 
     def write_tsv(self) -> None:
-        atomic_write(self.tsv_path, results_tsv(self.runs()).encode(), durable=False)
+        atomic_write(self.tsv_path, results_tsv(self.runs(), self.metric).encode(), durable=False)
 
 
 def best_run(runs: list[RunRecord]) -> RunRecord | None:

@@ -73,7 +73,7 @@ class Lab:
         self.runner = runner or runner_for(config)
         self.state = self.root / config.state_dir
         self.places = Places.of(self.root, config)
-        self.history = History(self.state / config.tag)
+        self.history = History(self.state / config.tag, config.metric)
         self.lock = RepoLock(self.state / "lock")
         self.pins_path = self.history.folder / "pins.json"
         self.branch = gitops.run_branch(config.tag)

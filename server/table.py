@@ -226,5 +226,4 @@ def to_json(runs: list[RunRecord]) -> str:
 
 def to_tsv(runs: list[RunRecord], metric: str = "val_bpb") -> str:
     """The original's results.tsv: commit, the metric (val_bpb in the original), memory_gb, status, description."""
-    text = results_tsv(runs)
-    return text if metric == "val_bpb" else text.replace("\tval_bpb\t", f"\t{metric}\t", 1)
+    return results_tsv(runs, metric)

@@ -373,3 +373,10 @@ def test_min_improvement_is_a_noise_floor_for_keep(tmp_path: Path) -> None:
     lab.discard()
     run_mode(lab, "ok", 0.9)
     assert lab.keep().decision == "keep"
+
+
+def test_results_tsv_names_the_configured_metric(repo: Path) -> None:
+    """The original's five columns, with this experiment's metric in the second column's header."""
+    lab = Lab(repo, load_config(repo).model_copy(update={"metric": "accuracy", "direction": "maximize"}))
+    assert lab.run("baseline").status == "no_metric"  # the fake prints val_bpb only
+    assert lab.history.tsv_path.read_text().startswith("commit\taccuracy\tmemory_gb\tstatus\tdescription\n")
