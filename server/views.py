@@ -106,6 +106,9 @@ class HistoryView(BaseModel):
     problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
     limits: str | None = Field(default=None, description="what the night's caps leave, or why the night is over")
     lessons: list[str] | None = Field(default=None, description="the latest lessons given with decisions")
+    near_misses: list[str] | None = Field(
+        default=None, description="discarded runs that were better but inside the noise: worth another look"
+    )
     noise: Floor | None = Field(default=None, description="the noise floor: the same-code spread of the metric")
     detail: RunDetail | None = None
 
@@ -204,13 +207,22 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
                        running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
-                       lessons=lessons(runs) or None, detail=detail, noise=lab.floor())  # fmt: skip
+                       lessons=lessons(runs) or None, near_misses=near_misses(runs, lab.config.direction) or None, detail=detail,
+                       noise=lab.floor())  # fmt: skip
 
 
 def lessons(runs: list[RunRecord], count: int = 8) -> list[str]:
     """The agent's memory across lost contexts: what each recent decision taught, one line each."""
     noted = [r for r in runs if r.lesson][-count:]
     return [f"run {r.id} ({r.decision}, {r.description[:60]}): {r.lesson}" for r in noted]
+
+
+def near_misses(runs: list[RunRecord], direction: str, count: int = 5) -> list[str]:
+    """Ideas that gained, but not beyond the noise, and were discarded: candidates for more seeds or a
+    variation."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    missed = [r for r in runs if r.decision == "discard" and r.beyond_noise is False and sign * (r.delta or 0) > 0]
+    return [f"run {r.id} ({r.delta:+.6f}, {r.seeds} seed(s)): {r.description[:80]}" for r in missed[-count:]]
 
 
 def limits(lab: Lab) -> str | None:

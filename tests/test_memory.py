@@ -66,3 +66,27 @@ async def test_hypotheses_and_lessons_are_kept_and_returned(repo: Path) -> None:
     assert view["lessons"] == ["run 1 (keep, baseline): the baseline trains stably",
                                "run 2 (discard, bigger lr): lr x2 diverges early"]  # fmt: skip
     assert detail["detail"]["run"]["hypothesis"] == "a first reference point"
+
+
+async def test_near_misses_are_listed_for_a_later_look(repo: Path) -> None:
+    """A discarded run that gained, but inside the noise band (the gate's min_improvement here), is listed
+    under near_misses; a worse run is not."""
+    toml = repo / "autoresearch.toml"
+    toml.write_text(toml.read_text() + "min_improvement = 0.1\n")
+    git_commit(repo)
+    async with Client(app.mcp) as client:
+        await call(client, "run_experiment", description="baseline")
+        await call(client, "keep")
+        for metric, idea in ((0.95, "slightly better"), (1.5, "worse")):
+            await call(client, "write_train", content=set_mode("ok", metric))
+            await call(client, "run_experiment", description=idea)
+            await call(client, "discard")
+        view = (await call(client, "get_history")).structured_content
+    assert view is not None
+    assert view["near_misses"] == ["run 2 (-0.050000, 1 seed(s)): slightly better"]
+
+
+def git_commit(repo: Path) -> None:
+    import subprocess
+
+    subprocess.run(["git", "commit", "-qam", "config"], cwd=repo, check=True)
