@@ -20,6 +20,7 @@ CONFIG = """\
 [autoresearch]
 tag = "test"
 time_budget = 2
+noise_seeds = 1
 eval_tokens = 2048
 startup_allowance = 20
 handover_allowance = 20

@@ -39,7 +39,7 @@ def project(tmp_path: Path) -> Path:
                                             'AUTORESEARCH_DATASET = "tiny"\n')  # fmt: skip
     (root / ".venv").symlink_to(REPO_ROOT / ".venv")
     (tmp_path / "cache" / "tiny").mkdir(parents=True)
-    (tmp_path / "cache" / "tiny" / "meta.json").write_text("{}")
+    (tmp_path / "cache" / "tiny" / "meta.json").write_text('{"format_version": 2}')  # what --check reads
     home = tmp_path / "home"
     home.mkdir()
     trust = {"projects": {str(root.resolve()): {"hasTrustDialogAccepted": True}}}
