@@ -207,8 +207,8 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
                        running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
-                       lessons=lessons(runs) or None, near_misses=near_misses(runs, lab.config.direction) or None, detail=detail,
-                       noise=lab.floor())  # fmt: skip
+                       lessons=lessons(runs) or None, near_misses=near_misses(runs, lab.config.direction) or None,
+                       detail=detail, noise=lab.floor())  # fmt: skip
 
 
 def lessons(runs: list[RunRecord], count: int = 8) -> list[str]:
