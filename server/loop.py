@@ -253,6 +253,7 @@ class Lab:
         duplicate_reason: str | None = None,
     ) -> ActiveRun:
         self._recover(held)
+        self._refuse_unprepared()  # before the tag starts: a refused run changes nothing
         self._start_tag()
         self._refuse_after_caps()
         pinned = pins.load_pins(self.pins_path)
@@ -261,10 +262,8 @@ class Lab:
             data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
         pending = self.pending()
         if pending is not None and repeats is not None and data == self._code(pending.commit):
-            self._refuse_unprepared()
             return self._extend(pending, repeats, pinned, held)
         self._refuse_if_pending("run_experiment")
-        self._refuse_unprepared()
         parent = self._expected_tip()
         code = fingerprint(data.decode("utf-8", "replace"))
         if self.config.refuse_duplicates and not (duplicate_reason or "").strip():

@@ -12,7 +12,7 @@ import pytest
 from conftest import disk_state, set_mode
 
 from server.config import load_config
-from server.errors import ConfigError, NightOverError
+from server.errors import ConfigError, NightOverError, StateError
 from server.loop import Lab
 
 
@@ -85,3 +85,16 @@ def test_a_bad_deadline_is_a_configuration_error(repo: Path) -> None:
     (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + 'deadline = "tomorrow"\n')
     with pytest.raises(ConfigError, match="deadline must be a local time like"):
         load_config(repo)
+
+
+def test_a_run_before_the_data_is_prepared_is_refused_before_anything_changes(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluated contract needs the prepared dataset: without it the run is refused with the command that
+    prepares it, and the tag does not start (no branch, no pins, no history)."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "empty-cache"))
+    lab = Lab(repo, load_config(repo).model_copy(update={"contract": "evaluated"}))
+    before = disk_state(repo)
+    with pytest.raises(StateError, match="autoresearch prepare"):
+        lab.run("baseline")
+    assert disk_state(repo) == before
