@@ -79,6 +79,16 @@ def make_fake_repo(path: Path, config: str = FAKE_CONFIG) -> Path:
     return path
 
 
+def real_experiment_repo(path: Path, config: str) -> Path:
+    """A committed repository holding the project's experiment/ and the given autoresearch.toml."""
+    shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
+    (path / "autoresearch.toml").write_text(config)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return make_fake_repo(tmp_path / "repo")

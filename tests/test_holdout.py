@@ -3,7 +3,6 @@ the holdout does not confirm is flagged."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import EXPERIMENT, HAS_BWRAP, git, load_prepare
+from conftest import HAS_BWRAP, load_prepare, real_experiment_repo
 from mcp import Client
 from pydantic import ValidationError
 
@@ -83,9 +82,9 @@ def real_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "corpus.txt").write_text(CORPUS)
     args = ["--source", "files", "--paths", str(tmp_path / "corpus.txt"), "--byte-level", "--name", "tiny"]
     load_prepare().main(args)
-    repo = tmp_path / "repo"
-    shutil.copytree(EXPERIMENT, repo / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
-    (repo / "autoresearch.toml").write_text(f"""[autoresearch]
+    repo = real_experiment_repo(
+        tmp_path / "repo",
+        f"""[autoresearch]
 tag = "test"
 time_budget = 2
 noise_seeds = 2
@@ -97,10 +96,8 @@ AUTORESEARCH_MODEL_SIZE = "tiny"
 AUTORESEARCH_DEVICE = "cpu"
 AUTORESEARCH_CACHE = "{cache}"
 AUTORESEARCH_DATASET = "tiny"
-""")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+""",
+    )
     monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
     return repo
 

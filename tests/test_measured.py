@@ -3,11 +3,10 @@ experiment (its smallest model), and each ending with the evaluated metric or a 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, git, load_prepare, needs_bwrap
+from conftest import EXPERIMENT, load_prepare, needs_bwrap, real_experiment_repo
 
 from server.config import load_config
 from server.errors import StateError
@@ -42,12 +41,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
         (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
     load_prepare().main(["--source", "files", "--paths", str(tmp_path / "play0.txt"), str(tmp_path / "play1.txt"),
                          "--byte-level", "--name", "tiny"])  # fmt: skip
-    repo = tmp_path / "repo"
-    shutil.copytree(EXPERIMENT, repo / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
-    (repo / "autoresearch.toml").write_text(CONFIG)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
+    repo = real_experiment_repo(tmp_path / "repo", CONFIG)
     return Lab(repo, load_config(repo))
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import EXPERIMENT, FAKE_CONFIG, REPO_ROOT, git, load_prepare, make_fake_repo, set_mode
+from conftest import (
+    FAKE_CONFIG,
+    REPO_ROOT,
+    load_prepare,
+    make_fake_repo,
+    real_experiment_repo,
+    set_mode,
+)
 
 from server import runner as local_runner
 from server.config import Config, load_config
@@ -307,8 +314,9 @@ def experiment_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (corpus / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 4000)
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     load_prepare().main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"])
-    shutil.copytree(EXPERIMENT, repo / "experiment", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "autoresearch.toml").write_text(f"""\
+    return real_experiment_repo(
+        repo,
+        f"""\
 [autoresearch]
 tag = "ray"
 time_budget = 2
@@ -320,11 +328,8 @@ AUTORESEARCH_MODEL_SIZE = "tiny"
 AUTORESEARCH_DEVICE = "cpu"
 AUTORESEARCH_CACHE = "{cache}"
 AUTORESEARCH_DATASET = "tiny"
-""")
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "the experiment")
-    return repo
+""",
+    )
 
 
 @pytest.mark.slow
