@@ -23,7 +23,7 @@ from server import views
 from server.config import load_config
 from server.edits import Edit
 from server.errors import AutoresearchError
-from server.loop import Lab
+from server.loop import ActiveRun, Lab
 from server.runner import kill_all_now
 from server.text import clean_description, clean_note, what_failed
 
@@ -143,27 +143,57 @@ async def run_experiment(
     duplicate_reason: Annotated[
         str | None, Field(max_length=300, description="run code identical to an earlier run's anyway: why")
     ] = None,
+    edits: Annotated[
+        list[views.EditIn] | None,
+        Field(
+            description="run a candidate: these search/replace edits applied to the best's code, leaving "
+            "train.py (your draft) untouched; several candidates can run at once, one per free slot"
+        ),
+    ] = None,
+    rebase: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            description="re-run this undecided run's edits on the current best (when keep says the best "
+            "moved); that run is discarded",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        Field(
+            description="block until scored (default); false: return at once with the run id, then "
+            "collect it with get_history(wait_for=[run_id])"
+        ),
+    ] = True,
 ) -> Annotated[CallToolResult, views.RunResult]:
-    """Commit the current script and run it as one experiment with the fixed time budget; blocks until it is
-    scored (minutes) and returns the metric (the mean over its seeds), its change against the best, whether
-    that is beyond the noise, and on failure the reason and the end of the log. The tag's first run measures
-    the noise floor on several seeds. Code identical to an earlier run's is refused with that run's result.
-    Afterwards call keep or discard."""
+    """Commit the current script (or a candidate: edits to the best) and run it as one experiment with the
+    fixed time budget; blocks until it is scored (minutes) and returns the metric (the mean over its seeds),
+    its change against the best, whether that is beyond the noise, and on failure the reason and the end of the
+    log. With wait=false it returns at once (status running). The tag's first run measures the noise floor on
+    several seeds. Code identical to an earlier run's is refused with that run's result. Afterwards call keep
+    or discard."""
     lab_state = ctx.request_context.lifespan_context
-    active = await call(ctx, lambda lab, text: lab.start_run(clean_description(text), repeats, None,
-                                                             clean_note(hypothesis), clean_note(duplicate_reason)),
-                        description)  # fmt: skip
+    pairs = [Edit(e.old, e.new) for e in edits] if edits else None
+
+    def start(lab: Lab, text: str) -> ActiveRun:
+        return lab.start_run(clean_description(text), repeats, None, clean_note(hypothesis),
+                             clean_note(duplicate_reason), pairs, rebase, launch_now=wait)  # fmt: skip
+
+    active = await call(ctx, start, description)
     lab = lab_state.get()
+    if not wait:
+        return compact(await call(ctx, lambda lab_: views.run_result(lab_, lab_.detach(active))))
     try:
         started = time.monotonic()
         total = lab.config.hard_timeout * (1 + len(active.seeds_left))
         while True:
-            outcome = await anyio.to_thread.run_sync(active.execution.wait, PROGRESS_EVERY_S)
+            execution = active.execution
+            outcome = await anyio.to_thread.run_sync(execution.wait, PROGRESS_EVERY_S) if execution else True
             if outcome is None:
                 await ctx.report_progress(time.monotonic() - started, total, views.progress_message(active, started))
             elif not await anyio.to_thread.run_sync(lab.advance, active):
                 break
-    except BaseException:  # cancelled, or the client went away mid-run: never leave the run or the lock behind
+    except BaseException:  # cancelled, or the client went away mid-run: never leave the run or its slot behind
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
         raise
@@ -179,11 +209,31 @@ async def get_history(
     match: Annotated[
         str | None, Field(min_length=1, max_length=100, description="only runs whose description contains this")
     ] = None,
+    wait_for: Annotated[
+        list[int] | None,
+        Field(
+            max_length=64,
+            description="first wait until these runs have ended (or wait_seconds passed); "
+            "their results come back in `results`",
+        ),
+    ] = None,
+    wait_seconds: Annotated[
+        float, Field(ge=0, le=3600, description="the longest to wait for wait_for; call again if still running")
+    ] = 50.0,
 ) -> Annotated[CallToolResult, views.HistoryView]:
-    """What has been tried: the latest runs as compact rows, the best run, counts, the run awaiting a
-    decision, the noise floor; match finds earlier runs of an idea (case-insensitive); run_id shows that run's
-    full detail."""
-    return compact(await call(ctx, views.history_view, limit, run_id, match))
+    """What has been tried: the latest runs as compact rows, the best run, counts, the runs in flight and those
+    awaiting a decision, the noise floor; match finds earlier runs of an idea (case-insensitive); run_id shows
+    that run's full detail; wait_for collects runs started with wait=false."""
+    if wait_for:
+        started = time.monotonic()
+        while True:
+            step = min(PROGRESS_EVERY_S, max(0.0, wait_seconds - (time.monotonic() - started)))
+            waited = await call(ctx, lambda lab, ids, seconds: lab.wait_for(ids, seconds), wait_for, step)
+            if all(r.status != "running" for r in waited) or time.monotonic() - started >= wait_seconds:
+                break
+            running = ", ".join(str(r.id) for r in waited if r.status == "running")
+            await ctx.report_progress(time.monotonic() - started, wait_seconds, f"waiting for run(s) {running}")
+    return compact(await call(ctx, views.history_view, limit, run_id, match, wait_for))
 
 
 @mcp.tool(annotations=ToolAnnotations(destructive_hint=False, open_world_hint=False))

@@ -99,6 +99,7 @@ class Config(BaseModel):
     max_log_bytes: int = Field(5_000_000, ge=10_000)
     max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
     state_dir: str = ".autoresearch"
+    slots: int = Field(0, ge=0, le=64, description="runs in flight at once; 0: one per GPU on a GPU machine, else 1")
     runner: Literal["local", "ray"] = Field("local", description="ray: each run is a task on a Ray cluster")
     ray_address: str = Field("", description="the Ray cluster; empty: RAY_ADDRESS, else a cluster on this machine")
     ray_num_gpus: float = Field(1.0, ge=0, description="GPUs each Ray task of a run asks for")
@@ -156,6 +157,15 @@ class Config(BaseModel):
         total = psutil.virtual_memory().total / 2**20
         return self.memory_limit_gb * 1024 if self.memory_limit_gb else 0.9 * total
 
+    @property
+    def slot_devices(self) -> list[str]:
+        """The GPU each slot's run sees, in slot order (empty: no GPUs, or Ray, which assigns its own)."""
+        return [] if self.runner == "ray" else gpu_indices()
+
+    @property
+    def slot_count(self) -> int:
+        return self.slots or max(1, len(self.slot_devices))
+
     def argv(self) -> list[str]:
         return [sys.executable if part == "{python}" else part for part in self.command]
 
@@ -178,6 +188,15 @@ class Config(BaseModel):
 def _has_gpu() -> bool:
     """An NVIDIA GPU on this machine (its device files), without importing torch into the server."""
     return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def gpu_indices() -> list[str]:
+    """The GPUs runs may use: CUDA_VISIBLE_DEVICES where the launcher set it, else every NVIDIA device file."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    found = (re.fullmatch(r"/dev/nvidia(\d+)", p) for p in glob.glob("/dev/nvidia[0-9]*"))
+    return sorted((m.group(1) for m in found if m), key=int)
 
 
 def load_config(root: Path) -> Config:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.errors import InvalidInputError
 
@@ -78,3 +81,16 @@ def fingerprint(source: str) -> str:
     except SyntaxError:
         normal = " ".join(source.split())
     return hashlib.sha256(normal.encode()).hexdigest()[:16]
+
+
+def merge3(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    """Three-way merge of one file, by git's own merge (`git merge-file`): the change from base to theirs
+    applied on ours; None when the two changes conflict."""
+    with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as folder:
+        paths = [Path(folder) / name for name in ("ours", "base", "theirs")]
+        for path, data in zip(paths, (ours, base, theirs), strict=True):
+            path.write_bytes(data)
+        done = subprocess.run(["git", "merge-file", "-p", "-q", *map(str, paths)], capture_output=True)
+    if done.returncode != 0:  # the number of conflicts, or negative on an error
+        return None
+    return done.stdout

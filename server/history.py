@@ -84,6 +84,11 @@ class RunRecord(BaseModel):
     hypothesis: str | None = Field(default=None, description="what the agent expected, said when it ran")
     lesson: str | None = Field(default=None, description="what the agent learnt, said when it decided")
     duplicate_reason: str | None = Field(default=None, description="why the same code ran again")
+    source: Literal["draft", "edits", "rebase"] = Field(
+        default="draft", description="what it ran: the working file, edits to the best, or a rebased run's edits"
+    )
+    rebased_from: int | None = Field(default=None, description="the run whose edits it re-ran on a newer best")
+    slot: int | None = Field(default=None, description="the pool slot it ran in")
     summary: dict[str, str] = Field(default_factory=dict)
     forced: bool = False
     force_reason: str | None = None

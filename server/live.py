@@ -19,8 +19,8 @@ def run_with_progress(lab: Lab, description: str, console: Console, repeats: int
         with Progress(*columns, console=console, transient=False) as bar:
             while True:
                 task = bar.add_task("starting", total=budget, run=active.record.id, seed=active.candidate.record.seed)
-                while active.execution.wait(0.5) is None:
-                    progress = active.execution.progress()
+                while active.process.wait(0.5) is None:
+                    progress = active.process.progress()
                     if progress is not None:
                         done = budget - progress.remaining if progress.remaining is not None else 0.0
                         bar.update(task, completed=min(budget, done), description=progress.describe())

@@ -34,22 +34,28 @@ class RepoLock:
         return data if isinstance(data, dict) else {}
 
     @contextmanager
-    def hold(self, op: str) -> Iterator[Held]:
-        """Take the lock or raise BusyError naming the holder."""
-        held = self.acquire(op)
+    def hold(self, op: str, wait: float = 0.0) -> Iterator[Held]:
+        """Take the lock, waiting up to `wait` seconds for its holder, or raise BusyError naming the holder."""
+        held = self.acquire(op, wait)
         try:
             yield held
         finally:
             held.release()
 
-    def acquire(self, op: str) -> Held:
+    def acquire(self, op: str, wait: float = 0.0) -> Held:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise BusyError(busy_message(self.read())) from None
+        give_up = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < give_up:
+                    time.sleep(0.02)
+                    continue
+                os.close(fd)
+                raise BusyError(busy_message(self.read())) from None
         stale = self.read()
         held = Held(fd, self.path, stale)
         try:
@@ -77,6 +83,12 @@ class Held:
             raise StorageError(f"could not write the lock file {self.path} ({exc.strerror}); "
                                "free disk space and retry.") from exc  # fmt: skip
 
+    def hand_over(self) -> None:
+        """Close this process's descriptor without unlocking: a child that inherited it holds the lock now."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def release(self) -> None:
         if self.fd < 0:
             return
@@ -91,8 +103,9 @@ def run_in_flight(info: dict[str, Any]) -> str | None:
     if info.get("op") != "run":
         return None
     left = max(0, int(float(info.get("deadline", 0)) - time.time()))
-    return (f"run {info.get('run_id')} ({info.get('description', '')!r}) is running in process {info.get('pid')}, "
-            f"at most {left // 60} min {left % 60} s left")  # fmt: skip
+    slot = f" (slot {info['slot']})" if "slot" in info else ""
+    return (f"run {info.get('run_id')} ({info.get('description', '')!r}) is running in process {info.get('pid')}"
+            f"{slot}, at most {left // 60} min {left % 60} s left")  # fmt: skip
 
 
 def busy_message(info: dict[str, Any]) -> str:

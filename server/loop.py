@@ -5,6 +5,8 @@ Nothing here knows about MCP; app.py and cli.py are thin layers over Lab.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -12,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from server import caps, gitops, noise, pins, sandbox
+from server import caps, gitops, noise, pins, sandbox, supervise
 from server.config import CONFIG_NAME, Config
-from server.edits import Edit, apply_edits, fingerprint, validate_source
+from server.edits import Edit, apply_edits, fingerprint, merge3, validate_source
 from server.errors import BusyError, DuplicateError, InvalidInputError, NightOverError, RepoError, StateError
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.holdout import score_holdout
@@ -37,30 +40,42 @@ from server.pipeline import (
     tampered,
 )
 from server.ray_runner import runner_for
+from server.registry import Slot, Slots
 from server.runner import Execution, Runner, kill_by_token
 
 log = logging.getLogger("autoresearch")
 UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no result yet
+SHORT_WAIT_S = 60.0  # how long a short git-and-history section waits for another one (they take milliseconds)
+RECORD_WAIT_S = 600.0  # a run's end waits this long for the repository: a result is never dropped for a busy lock
 
 
 @dataclass
 class ActiveRun:
-    """A started run: its candidate, its process (the current seed's) and the lock it holds until collected."""
+    """A started run: its candidate, its process (the current seed's) and the pool slot it holds until recorded.
+
+    execution is None until the run's owner launches it (a run handed to a supervisor is launched there)."""
 
     candidate: Candidate
-    execution: Execution
-    held: Held
+    execution: Execution | None
+    slot: Slot
     deadline: float
     warm: Warm | None = None  # the current seed's evaluator, started with it
     seeds_left: list[int] = field(default_factory=list)  # run after the current seed, while every seed goes well
     base: RunRecord | None = None  # a pending run measured on more seeds
     results: list[RunRecord] = field(default_factory=list)  # each finished seed, classified
     measured: bool = False  # the current execution's result is in results
-    info: dict[str, object] = field(default_factory=dict)  # what the lock file says about the run
+    info: dict[str, object] = field(default_factory=dict)  # what the slot's file says about the run
 
     @property
     def record(self) -> RunRecord:
         return self.candidate.record
+
+    @property
+    def process(self) -> Execution:
+        """The current seed's process (the run must have been launched)."""
+        if self.execution is None:
+            raise StateError(f"run {self.record.id} has not been launched yet.")
+        return self.execution
 
 
 class Lab:
@@ -74,7 +89,8 @@ class Lab:
         self.state = self.root / config.state_dir
         self.places = Places.of(self.root, config)
         self.history = History(self.state / config.tag, config.metric)
-        self.lock = RepoLock(self.state / "lock")
+        self.lock = RepoLock(self.state / "lock")  # held only for short git and history writes
+        self.slots = Slots(self.state / "slots", config.slot_count, config.slot_devices)
         self.pins_path = self.history.folder / "pins.json"
         self.branch = gitops.run_branch(config.tag)
         self._ignore_state_dir()
@@ -90,7 +106,7 @@ class Lab:
 
         The tag starts on the first change, not at start-up, so health checks (`claude mcp list`, an
         inspector listing tools) never create branches or move HEAD."""
-        with self.lock.hold(op) as held:
+        with self.lock.hold(op, wait=SHORT_WAIT_S) as held:
             self._recover(held)
             self._start_tag()
             yield held
@@ -103,14 +119,18 @@ class Lab:
             gitops.exclude(self.repo, self.config.state_dir)
 
     def _recover(self, held: Held) -> None:
-        """A run left in the lock file means its server died: kill what is left, record it interrupted."""
+        """A run whose slot's owner died (or, from an older version, left in the repository lock): kill what is
+        left of it and record it interrupted. Runs whose owner lives are left alone, in this process or another."""
         self.history.runs(repair=True)
-        stale = held.stale
-        if stale.get("op") == "run" and stale.get("token"):
-            killed = kill_by_token(str(stale["token"]))
-            log.warning("recovered run %s of a dead server; killed %d process(es)", stale.get("run_id"), killed)
+        left = [*self.slots.sweep(), *([held.stale] if held.stale.get("op") == "run" else [])]
+        for stale in left:
+            if stale.get("token"):
+                killed = kill_by_token(str(stale["token"]))
+                log.warning("recovered run %s of a dead owner; killed %d process(es)", stale.get("run_id"), killed)
+        live = {int(info["run_id"]) for info in self.slots.live() if info.get("tag") == self.config.tag
+                and isinstance(info.get("run_id"), int)}  # fmt: skip
         for run in self.history.runs():
-            if run.status == "running":
+            if run.status == "running" and run.id not in live:
                 reason = "the server stopped, or could not record the run's end; its processes were killed on restart"
                 ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
                 self.history.record(ended, "end")
@@ -199,17 +219,27 @@ class Lab:
             atomic_write(self.editable_path, data)
         return gitops.unified_diff(self.kept_content(), new, self.config.editable, context=0)
 
-    def _new_content(self, content: str | None, edits: list[Edit] | None) -> tuple[str, bytes]:
-        new = content if content is not None else apply_edits(self.current_content(), edits or [])
+    def _new_content(self, content: str | None, edits: list[Edit] | None, base: str | None = None) -> tuple[str, bytes]:
+        """The new file and its validated bytes: content, or edits applied to base (default the working file)."""
+        new = content if content is not None else apply_edits(self.current_content() if base is None else base,
+                                                              edits or [])  # fmt: skip
         return new, validate_source(new, self.config.editable, self.config.max_file_bytes)
 
     # -- runs ---------------------------------------------------------------------------------------------
 
+    def awaiting(self) -> list[RunRecord]:
+        """Finished runs that went well and await keep or discard, oldest first."""
+        return [r for r in self.history.runs() if r.status == "ok" and r.decision is None]
+
     def pending(self) -> RunRecord | None:
-        """The latest run if it finished well and awaits keep or discard."""
-        runs = self.history.runs()
-        last = runs[-1] if runs else None
+        """The latest run of the working file (a draft run) if it finished well and awaits keep or discard."""
+        drafts = [r for r in self.history.runs() if r.source == "draft" and r.status != "running"]
+        last = drafts[-1] if drafts else None
         return last if last and last.status == "ok" and last.decision is None else None
+
+    def in_flight(self) -> list[dict[str, object]]:
+        """The runs of this tag in flight now, as their slots describe them (this process's and others')."""
+        return [info for info in self.slots.live() if info.get("tag") == self.config.tag]
 
     def best(self) -> RunRecord | None:
         return best_run(self.history.runs())
@@ -222,6 +252,15 @@ class Lab:
                 f"a decision; call keep or discard before {action}."
             )
 
+    def _refuse_draft_in_flight(self) -> None:
+        """One run of the working file at a time: its decision puts the file back. Edits run in parallel."""
+        drafts = {r.id for r in self.history.runs() if r.status == "running" and r.source == "draft"}
+        for info in self.in_flight():
+            if info.get("run_id") in drafts:
+                raise BusyError(f"busy: run {info['run_id']} ({info.get('description', '')!r}), a run of train.py, "
+                                "is running; wait for it with get_history(wait_for=[its id]), or start more "
+                                "candidates with run_experiment(edits=...) meanwhile.")  # fmt: skip
+
     def start_run(
         self,
         description: str,
@@ -229,19 +268,31 @@ class Lab:
         data: bytes | None = None,
         hypothesis: str | None = None,
         duplicate_reason: str | None = None,
+        edits: list[Edit] | None = None,
+        rebase: int | None = None,
+        launch_now: bool = True,
     ) -> ActiveRun:
-        """Commit the candidate, export that commit as a snapshot and start its first seed; the lock stays held.
+        """Take a slot, commit the candidate, export it as a snapshot and start its first seed. The repository
+        lock is held only while the candidate is committed and recorded; the slot until the run is recorded.
 
+        The candidate is the working file (a draft run; data replaces it), or `edits` applied to the best's
+        code, or with `rebase` an earlier run's edits merged onto the current best (that run is discarded).
         repeats: seeds to run (seed, seed+1, ...); by default the tag's first run (no kept run yet) runs
-        noise_seeds of them and later runs one. With repeats, a pending run whose code is the file's is
-        measured on that many more seeds instead. data: the file to run (default: the working file).
-        Code identical to an earlier run's is refused unless duplicate_reason says why to run it again."""
-        held = self.lock.acquire("run")
-        try:
-            return self._start_locked(description, repeats, data, held, hypothesis, duplicate_reason)
-        except BaseException:
-            held.release()
-            raise
+        noise_seeds of them and later runs one. With repeats, a pending draft run whose code is the file's is
+        measured on that many more seeds instead. Code identical to an earlier run's, or to a run in flight, is
+        refused unless duplicate_reason says why to run it again. launch_now=False leaves the launch to the
+        run's owner (a supervisor process)."""
+        if edits:
+            self._new_content(None, edits, self.kept_content())  # bad edits are refused before anything changes
+        with self.lock.hold("start", wait=SHORT_WAIT_S) as held:
+            active = self._start_locked(description, repeats, data, held, hypothesis, duplicate_reason, edits, rebase)
+        if launch_now:
+            try:
+                self.launch_seed(active)
+            except BaseException:
+                self.finish_run(active, cancelled=True)
+                raise
+        return active
 
     def _start_locked(
         self,
@@ -251,6 +302,8 @@ class Lab:
         held: Held,
         hypothesis: str | None = None,
         duplicate_reason: str | None = None,
+        edits: list[Edit] | None = None,
+        rebase: int | None = None,
     ) -> ActiveRun:
         self._recover(held)
         self._refuse_unprepared()  # before the tag starts: a refused run changes nothing
@@ -258,12 +311,21 @@ class Lab:
         self._refuse_after_caps()
         pinned = pins.load_pins(self.pins_path)
         pins.check(pinned, self.root, self.config.tag)
-        if data is None:
+        source: Literal["draft", "edits", "rebase"] = "draft"
+        rebased: RunRecord | None = None
+        if rebase is not None:
+            rebased = self._rebasable(rebase)
+            data, source = self._rebased_code(rebased), "rebase"
+        elif edits:
+            data, source = self._new_content(None, edits, self.kept_content())[1], "edits"
+        elif data is None:
             data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
-        pending = self.pending()
-        if pending is not None and repeats is not None and data == self._code(pending.commit):
-            return self._extend(pending, repeats, pinned, held)
-        self._refuse_if_pending("run_experiment")
+        if source == "draft":
+            pending = self.pending()
+            if pending is not None and repeats is not None and data == self._code(pending.commit):
+                return self._extend(pending, repeats, pinned)
+            self._refuse_if_pending("run_experiment")
+            self._refuse_draft_in_flight()
         parent = self._expected_tip()
         code = fingerprint(data.decode("utf-8", "replace"))
         if self.config.refuse_duplicates and not (duplicate_reason or "").strip():
@@ -271,40 +333,95 @@ class Lab:
         best = self.best()
         count = repeats or (self.config.noise_seeds if best is None else 1)
         seeds = [self.config.seed + i for i in range(count)]
-        record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=description,
-                           best_before=best.metric if best else None, seed=seeds[0],
-                           settings=self._settings(), fingerprint=code, hypothesis=hypothesis or None,
-                           duplicate_reason=(duplicate_reason or "").strip() or None)  # fmt: skip
-        candidate = make_candidate(self.repo, self.config, self.history, record, data, pinned)
-        self.history.record(candidate.record, "start")
-        return self._launch(candidate, seeds[1:], None, held)
+        slot = self._take_slot()
+        try:
+            record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=description,
+                               best_before=best.metric if best else None, seed=seeds[0],
+                               settings=self._settings(), fingerprint=code, hypothesis=hypothesis or None,
+                               duplicate_reason=(duplicate_reason or "").strip() or None, source=source,
+                               rebased_from=rebased.id if rebased else None, slot=slot.index)  # fmt: skip
+            candidate = make_candidate(self.repo, self.config, self.history, record, data, pinned)
+            candidate = dataclasses.replace(candidate, slot=slot.index, device=slot.device)
+            active = self._active(candidate, seeds[1:], None, slot)
+            self.history.record(candidate.record, "start")
+            if rebased is not None:
+                self.history.decide(rebased.id, "discard", lesson=f"re-run on the new best as run {record.id}")
+            return active
+        except BaseException:
+            slot.release()
+            raise
 
-    def _extend(self, pending: RunRecord, repeats: int, pinned: dict[str, str], held: Held) -> ActiveRun:
+    def _take_slot(self) -> Slot:
+        slot, stale = self.slots.take()
+        if stale.get("token"):  # a dead owner's run: its processes go before a new run starts in its place
+            killed = kill_by_token(str(stale["token"]))
+            log.warning("slot %d: killed %d process(es) of run %s of a dead owner", slot.index, killed,
+                        stale.get("run_id"))  # fmt: skip
+        return slot
+
+    def _extend(self, pending: RunRecord, repeats: int, pinned: dict[str, str]) -> ActiveRun:
         """A near miss measured on `repeats` more seeds, continuing after its last one."""
         done = pending.repeats or []
         last = max([s.seed for s in done] + [pending.seed if pending.seed is not None else self.config.seed])
         seeds = [last + 1 + i for i in range(repeats)]
-        first = Candidate(pending, self.history.run_dir(pending.id), pinned)
-        candidate = repeat(self.repo, self.config, first, pending.seeds, seeds[0])
-        return self._launch(candidate, seeds[1:], pending, held)
+        slot = self._take_slot()
+        try:
+            first = Candidate(pending, self.history.run_dir(pending.id), pinned, slot=slot.index, device=slot.device)
+            candidate = repeat(self.repo, self.config, first, pending.seeds, seeds[0])
+            return self._active(candidate, seeds[1:], pending, slot)
+        except BaseException:
+            slot.release()
+            raise
 
-    def _launch(self, candidate: Candidate, seeds_left: list[int], base: RunRecord | None, held: Held) -> ActiveRun:
+    def _active(self, candidate: Candidate, seeds_left: list[int], base: RunRecord | None, slot: Slot) -> ActiveRun:
+        """The run as its slot describes it: for the busy message, the live views and recovery."""
         record = candidate.record
         deadline = time.time() + self.config.hard_timeout * (1 + len(seeds_left))
-        info = {"op": "run", "tag": self.config.tag, "run_id": record.id, "token": candidate.token,
+        info = {"tag": self.config.tag, "run_id": record.id, "token": candidate.token,
                 "description": record.description, "started_at": time.time(), "deadline": deadline,
-                "budget": self.config.time_budget, "log": str(candidate.log)}  # fmt: skip
-        held.describe(info)
-        execution = launch(self.runner, self.config, self.places, candidate)
-        warm = start_warm(self.repo, self.runner, self.config, self.places, candidate)
-        return ActiveRun(candidate, execution, held, deadline, warm, seeds_left, base, info=info)
+                "budget": self.config.time_budget, "log": str(candidate.log), "source": record.source}  # fmt: skip
+        slot.describe(info)
+        return ActiveRun(candidate, None, slot, deadline, None, seeds_left, base, info=info)
+
+    def launch_seed(self, active: ActiveRun) -> None:
+        """Start the current seed's process and, where the runner allows, its evaluator beside it."""
+        active.slot.describe({**active.info, "log": str(active.candidate.log), "seed": active.candidate.record.seed})
+        active.execution = launch(self.runner, self.config, self.places, active.candidate)
+        active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
+        active.measured = False
+
+    def _rebasable(self, run_id: int) -> RunRecord:
+        run = self.history.get(run_id)
+        if run is None:
+            raise InvalidInputError(f"there is no run {run_id} to rebase; get_history lists the runs.")
+        if run.decision is not None or run.status == "running":
+            what = "is still running" if run.status == "running" else f"was already {run.decision}ed"
+            raise StateError(f"run {run_id} {what}; rebase re-runs an undecided run whose best moved.")
+        if run.parent == self.tip():
+            raise StateError(f"run {run_id} already started from the current best; keep or discard it instead.")
+        return run
+
+    def _rebased_code(self, run: RunRecord) -> bytes:
+        """The run's change (its code against its parent's) merged onto the current best's code."""
+        merged = merge3(self._code(run.parent), self._code(self.tip()), self._code(run.commit))
+        if merged is None:
+            raise StateError(f"run {run.id}'s edits conflict with the changes kept since it started; discard it "
+                             "and write the idea again against the current best (read_train).")  # fmt: skip
+        return validate_source(merged.decode("utf-8", "replace"), self.config.editable, self.config.max_file_bytes)
 
     def _code(self, commit: str) -> bytes:
         return gitops.blob(self.repo, commit, self.config.editable) or b""
 
     def _refuse_duplicate(self, code: str) -> None:
-        """The same code (comments and formatting aside) as an earlier run: its result is already known."""
-        done = [r for r in self.history.runs() if r.fingerprint == code and r.status not in UNFINISHED]
+        """The same code (comments and formatting aside) as an earlier run, or one in flight: its result is
+        known, or soon will be."""
+        runs = self.history.runs()
+        flying = [r for r in runs if r.fingerprint == code and r.status == "running"]
+        if flying:
+            first = flying[0]
+            raise DuplicateError(f"train.py is the same code as run {first.id} ({first.description!r}), which is "
+                                 "running now; wait for its result with get_history(wait_for=[its id]).")  # fmt: skip
+        done = [r for r in runs if r.fingerprint == code and r.status not in UNFINISHED]
         if not done:
             return
         run = done[-1]
@@ -327,7 +444,8 @@ class Lab:
         """What every run records about the rules it ran under."""
         config = self.config
         return {"time_budget": config.time_budget, "sandbox": config.sandbox, "contract": config.contract,
-                "network": config.network, "overrides": dict(config.overrides)}  # fmt: skip
+                "network": config.network, "overrides": dict(config.overrides),
+                "slots": config.slot_count}  # fmt: skip
 
     def _refuse_unprepared(self) -> None:
         """The evaluated contract needs the prepared dataset; refuse before anything changes."""
@@ -350,15 +468,16 @@ class Lab:
         seed = active.seeds_left.pop(0)
         index = active.candidate.repeat + 1
         active.candidate = repeat(self.repo, self.config, active.candidate, index, seed)
-        active.held.describe({**active.info, "log": str(active.candidate.log), "seed": seed})  # the live view's log
-        active.execution = launch(self.runner, self.config, self.places, active.candidate)
-        active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
-        active.measured = False
+        self.launch_seed(active)
         return True
 
     def _measure(self, active: ActiveRun, cancelled: bool) -> RunRecord:
         """Collect the current seed's run, take the server's measurements and classify them."""
         candidate = active.candidate
+        if active.execution is None:  # never launched: its owner died first, or was cancelled before it
+            active.measured = True
+            reason = "cancelled before it started" if cancelled else "its owner never started it"
+            return candidate.record.model_copy(update={"status": "cancelled", "reason": reason, "ended_at": now()})
         outcome = collect(active.execution, cancelled)
         changed = tampered(self.config, candidate, self.root, self.pins_path)
         measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
@@ -371,27 +490,29 @@ class Lab:
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
         """Run what is left of the seeds (or kill the current one when cancelled), combine them into the run's
-        record, record it, release the lock."""
+        record, record it under the repository lock, free the slot."""
         try:
             if cancelled and not active.measured:
                 active.results.append(self._measure(active, cancelled=True))
             while not cancelled and self.advance(active):
                 pass
             record = combine(active.base, active.results)
-            record_end(self.repo, self.config, self.history, record)
+            with self.lock.hold("record", wait=RECORD_WAIT_S):
+                record_end(self.repo, self.config, self.history, record)
             return record
         finally:
             if active.warm is not None:
                 active.warm.execution.kill("cancelled")  # an evaluator never released
             cleanup(active.candidate)
-            active.held.release()
+            active.slot.release()
 
-    def run(self, description: str, repeats: int | None = None, data: bytes | None = None) -> RunRecord:
-        """Start a run and block until its seeds end (the CLI and tests; the MCP tool adds progress)."""
-        active = self.start_run(description, repeats, data)
+    def drive(self, active: ActiveRun) -> RunRecord:
+        """Run a started run's seeds to the end, blocking; cancelled (killed and recorded) on any interruption."""
         try:
+            if active.execution is None:
+                self.launch_seed(active)
             while True:
-                while active.execution.wait(1.0) is None:
+                while active.execution is not None and active.execution.wait(1.0) is None:
                     pass
                 if not self.advance(active):
                     break
@@ -399,6 +520,36 @@ class Lab:
             self.finish_run(active, cancelled=True)
             raise
         return self.finish_run(active)
+
+    def run(self, description: str, repeats: int | None = None, data: bytes | None = None, **kw: object) -> RunRecord:
+        """Start a run and block until its seeds end (the CLI and tests; the MCP tool adds progress)."""
+        return self.drive(self.start_run(description, repeats, data, **kw))  # type: ignore[arg-type]
+
+    def detach(self, active: ActiveRun) -> RunRecord:
+        """Hand a started (not yet launched) run to a supervisor process of its own, which outlives this one:
+        a client whose server lives for one call (the Inspector's CLI) can start a run and collect it later."""
+        return supervise.spawn(self, active)
+
+    def wait_for(self, run_ids: list[int], seconds: float) -> list[RunRecord]:
+        """The given runs once none is running any more, or as they stand after `seconds`."""
+        known = {r.id for r in self.history.runs()}
+        unknown = [i for i in run_ids if i not in known]
+        if unknown:
+            raise InvalidInputError(f"there is no run {unknown[0]}; get_history lists the runs.")
+        give_up = time.monotonic() + seconds
+        checked_owner = time.monotonic()
+        while True:
+            runs = {r.id: r for r in self.history.runs()}
+            waited = [runs[i] for i in run_ids]
+            if all(r.status != "running" for r in waited) or time.monotonic() >= give_up:
+                return waited
+            if time.monotonic() - checked_owner > 5.0:  # an owner that died leaves its run running forever
+                checked_owner = time.monotonic()
+                flying = {info.get("run_id") for info in self.in_flight()}
+                if any(r.status == "running" and r.id not in flying for r in waited):
+                    with contextlib.suppress(BusyError), self.lock.hold("recover", wait=1.0) as held:
+                        self._recover(held)
+            time.sleep(0.25)
 
     def remeasure(self, seeds: int | None = None) -> RunRecord:
         """The noise floor measured again: the best run's code on `seeds` seeds, kept as the new best (its code
@@ -439,50 +590,74 @@ class Lab:
 
     # -- decisions ------------------------------------------------------------------------------------------
 
-    def _latest(self, run_id: int | None) -> RunRecord:
+    def _decidable(self, run_id: int | None) -> RunRecord:
+        """The run a decision is about: the one named, else the latest run if it finished undecided, else the
+        one finished run that went well and awaits a decision."""
         runs = self.history.runs()
         if not runs:
             raise StateError("there are no runs yet; call run_experiment first.")
-        last = runs[-1]
-        if run_id is not None and run_id != last.id:
-            known = "an earlier run" if any(r.id == run_id for r in runs) else "not a known run"
-            raise StateError(f"run {run_id} is {known}; only the latest run ({last.id}) can be decided.")
-        if last.decision is not None:
-            done = "kept" if last.decision == "keep" else "discarded"
-            raise StateError(f"nothing to decide: run {last.id} was already {done}; run a new experiment first.")
-        return last
+        if run_id is not None:
+            run = next((r for r in runs if r.id == run_id), None)
+            if run is None:
+                raise StateError(f"run {run_id} is not a known run; runs go from 1 to {runs[-1].id}.")
+        else:
+            last = runs[-1]
+            waiting = [r.id for r in self.awaiting()]
+            if len(waiting) > 1:
+                named = ", ".join(str(i) for i in waiting)
+                raise StateError(f"runs {named} await a decision; give run_id to say which one.")
+            run = last if last.status != "running" and last.decision is None else None
+            run = run or (self.history.get(waiting[0]) if waiting else None) or last
+        if run.status == "running":
+            raise StateError(f"run {run.id} is still running; wait for it with get_history(wait_for=[{run.id}]).")
+        if run.decision is not None:
+            done = "kept" if run.decision == "keep" else "discarded"
+            raise StateError(f"nothing to decide: run {run.id} was already {done}; run a new experiment first.")
+        return run
+
+    def _keepable(self, run: RunRecord, force: bool, reason: str | None) -> tuple[noise.Judgement, str | None]:
+        """Refuse a keep that cannot be: a failed run, force without a reason, a gain inside the noise, a best
+        that moved since the run started. The gate's verdict, and the reason a keep is forced (if it is)."""
+        if run.status != "ok" or run.metric is None:
+            raise StateError(f"run {run.id} ended as {run.status} ({run.reason}) and can never be kept; "
+                             f"call discard, or fix train.py and run again.")  # fmt: skip
+        if force and not (reason or "").strip():
+            raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
+        verdict = self.judge(run)
+        tip = self.tip()
+        # the best's code again on several seeds: the noise floor re-measured, kept without a gate
+        same = self.best() is not None and run.seeds > 1 and self._code(run.commit) == self._code(tip)
+        if run.parent != tip and tip != run.commit:  # tip == commit: an earlier keep died before recording
+            best = self.best()
+            now_best = f"run {best.id}, {best.metric:.6f}" if best and best.metric is not None else tip[:7]
+            raise StateError(f"the best moved since run {run.id} started (it is now {now_best}), so run {run.id} "
+                             f"was measured against an older best; call run_experiment with rebase={run.id} to "
+                             "run its edits on the new best in one call, or discard it.")  # fmt: skip
+        if not force and not same and not verdict.beyond:
+            raise StateError(self._inside_noise(run, verdict))
+        if same and not force:
+            return verdict, f"the best's code on {run.seeds} seeds: the noise floor re-measured"
+        return verdict, reason if force else None
 
     def keep(
         self, run_id: int | None = None, force: bool = False, reason: str | None = None, lesson: str | None = None
     ) -> RunRecord:
-        """Advance the run branch to the latest run's commit if it beats the best (or force with a reason)."""
-        self._latest(run_id)  # nothing to decide is refused before the tag starts: nothing changes
+        """Advance the run branch to the run's commit if it beats the best it started from (or force with a
+        reason). The holdout is scored before the repository lock is taken; the decision itself is short."""
+        run = self._decidable(run_id)  # nothing to decide is refused before the tag starts: nothing changes
+        self._keepable(run, force, reason)
+        holdout, note = score_holdout(self.repo, self.runner, self.config, self.places, self.history, run)
         with self._hold("keep"):
-            run = self._latest(run_id)
-            if run.status != "ok" or run.metric is None:
-                raise StateError(f"run {run.id} ended as {run.status} ({run.reason}) and can never be kept; "
-                                 f"call discard, or fix train.py and run again.")  # fmt: skip
-            if force and not (reason or "").strip():
-                raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
-            verdict = self.judge(run)
+            run = self._decidable(run.id)  # again: another process may have decided it, or moved the best
+            verdict, forced = self._keepable(run, force, reason)
+            self._require_checkout()
             tip = self.tip()
-            # the best's code again on several seeds: the noise floor re-measured, kept without a gate
-            same = self.best() is not None and run.seeds > 1 and self._code(run.commit) == self._code(tip)
-            if not force and not same and not verdict.beyond:
-                raise StateError(self._inside_noise(run, verdict))
-            if run.parent != tip and tip != run.commit:  # tip == commit: an earlier keep died before recording
-                raise StateError(f"the run branch moved since run {run.id} started (now {tip[:7]}); "
-                                 "call discard and run again.")  # fmt: skip
-            if same and not force:
-                force, reason = True, f"the best's code on {run.seeds} seeds: the noise floor re-measured"
-            holdout, note = score_holdout(self.repo, self.runner, self.config, self.places, self.history, run)
-            if not same:
-                self._sync_editable(run.commit)  # first: it is what fails (checkout moved, index.lock), not the ref
+            if self.current_content().encode() in (self._code(tip), self._code(run.commit)):
+                self._sync_editable(run.commit)  # first: it is what fails (index.lock), not the ref
             if tip != run.commit:
                 gitops.update_ref(self.repo, f"refs/heads/{self.branch}", run.commit, tip)
-            self.history.decide(run.id, "keep", reason if force else None, required_gain=verdict.required,
-                                beyond_noise=verdict.beyond, holdout_metric=holdout, holdout_note=note,
-                                lesson=lesson)  # fmt: skip
+            self.history.decide(run.id, "keep", forced, required_gain=verdict.required, beyond_noise=verdict.beyond,
+                                holdout_metric=holdout, holdout_note=note, lesson=lesson)  # fmt: skip
             return self.history.get(run.id) or run
 
     def _inside_noise(self, run: RunRecord, verdict: noise.Judgement) -> str:
@@ -496,11 +671,13 @@ class Lab:
                 "code is simpler and the result equal.")  # fmt: skip
 
     def discard(self, run_id: int | None = None, lesson: str | None = None) -> RunRecord:
-        """Reject the latest run; the editable file returns to the last kept version."""
-        self._latest(run_id)
+        """Reject a finished run; the working file returns to the best's code if it holds the run's code (a draft
+        written since, or a candidate run from edits, is left alone)."""
+        self._decidable(run_id)
         with self._hold("discard"):
-            run = self._latest(run_id)
-            self._sync_editable(self.tip())
+            run = self._decidable(run_id)
+            if self.current_content().encode() == self._code(run.commit):
+                self._sync_editable(self.tip())
             verdict = self.judge(run) if run.status == "ok" else None
             self.history.decide(run.id, "discard", required_gain=verdict.required if verdict else None,
                                 beyond_noise=verdict.beyond if verdict else None, lesson=lesson)  # fmt: skip

@@ -16,6 +16,7 @@ The loop (loop.py) decides which candidate and whether to keep it; it never meas
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import statistics
 import time
@@ -44,6 +45,8 @@ class Candidate:
     pinned: dict[str, str]
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     repeat: int = 0  # the seed's place in the run: 0 keeps its model in out/ and its log in log.txt
+    slot: int = 0  # the pool slot it runs in
+    device: str | None = None  # the GPU its slot owns: the run and its evaluator see only that one
 
     @property
     def snapshot(self) -> Path:
@@ -94,10 +97,20 @@ def _fresh_folders(repo: git.Repo, config: Config, candidate: Candidate) -> None
     pins.check(locked, candidate.snapshot, config.tag, where=where)
 
 
+def slot_env(config: Config, candidate: Candidate, env: dict[str, str]) -> dict[str, str]:
+    """A slot's share of the machine: its GPU, or on a CPU pool of several slots its share of the cores."""
+    env = dict(env)
+    if candidate.device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = candidate.device
+    elif config.slot_count > 1 and "OMP_NUM_THREADS" not in env and config.runner == "local":
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.slot_count))
+    return env
+
+
 def launch(runner: Runner, config: Config, places: Places, candidate: Candidate) -> Execution:
     """Start the run under the configured sandbox and limits."""
     seed = candidate.record.seed if candidate.record.seed is not None else config.seed
-    env = run_env(config, places, candidate.scratch, candidate.output, seed)
+    env = slot_env(config, candidate, run_env(config, places, candidate.scratch, candidate.output, seed))
     view = None
     if config.sandbox == "bwrap":
         view = run_view(config, places, candidate.snapshot, candidate.output, candidate.scratch)
@@ -159,7 +172,8 @@ def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, c
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
     word = candidate.run_dir / "eval" / "go"
     spec, result = eval_spec(config, places, candidate.run_dir, candidate.output / MODEL_FILE, candidate.token, "val")
-    spec = replace(spec, argv=[*spec.argv, "--wait-for", str(word)], wall_limit=2 * spec.wall_limit)
+    spec = replace(spec, argv=[*spec.argv, "--wait-for", str(word)], wall_limit=2 * spec.wall_limit,
+                   env=slot_env(config, candidate, spec.env))  # fmt: skip
     return Warm(runner.start(spec), result, word, spec.log_path)
 
 
@@ -199,7 +213,7 @@ def score(
     """Run the locked evaluator, from the pinned locked files of the run's commit, on the model."""
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
     spec, result = eval_spec(config, places, candidate.run_dir, model, candidate.token, split)
-    return evaluate(runner, spec, result)
+    return evaluate(runner, replace(spec, env=slot_env(config, candidate, spec.env)), result)
 
 
 def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:

@@ -101,8 +101,11 @@ class HistoryView(BaseModel):
     rows: list[str] = Field(description="header, then one run per row, oldest first")
     best: Best | None
     counts: dict[str, int]
-    awaiting_decision: int | None
-    running: str | None = Field(description="the experiment running now, if any")
+    awaiting_decision: int | None = Field(description="the run of train.py that needs keep or discard first")
+    awaiting: list[int] | None = Field(default=None, description="every finished run awaiting keep or discard")
+    running: str | None = Field(description="the experiments in flight now, if any: run, slot, time left")
+    results: list[RunResult] | None = Field(default=None, description="the wait_for runs, as run_experiment "
+                                            "returns them")  # fmt: skip
     problems: list[str] | None = Field(default=None, description="the history file was edited outside the server")
     limits: str | None = Field(default=None, description="what the night's caps leave, or why the night is over")
     lessons: list[str] | None = Field(default=None, description="the latest lessons given with decisions")
@@ -186,6 +189,8 @@ def cap_lines(lines: list[str], max_bytes: int) -> list[str]:
 
 
 def _next_step(run: RunRecord, improved: bool, near_miss: bool) -> str:
+    if run.status == "running":
+        return f"running; collect it with get_history(wait_for=[{run.id}]) (call again while it still runs)"
     if run.status != "ok":
         return "fix with write_train and run again, or discard"
     if near_miss:
@@ -193,7 +198,9 @@ def _next_step(run: RunRecord, improved: bool, near_miss: bool) -> str:
     return "keep" if improved else "discard (or keep with force and a reason if simpler)"
 
 
-def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = None) -> HistoryView:
+def history_view(
+    lab: Lab, limit: int, run_id: int | None, match: str | None = None, wait_for: list[int] | None = None
+) -> HistoryView:
     runs = lab.history.runs()
     shown = table.matching(runs, match)
     detail = None
@@ -203,9 +210,13 @@ def history_view(lab: Lab, limit: int, run_id: int | None, match: str | None = N
             raise InvalidInputError(f"there is no run {run_id}; runs go from 1 to {len(runs)}.")
         detail = run_detail(lab, found[0])
     pending = lab.pending()
+    by_id = {r.id: r for r in runs}
+    results = [run_result(lab, by_id[i]) for i in wait_for if i in by_id] if wait_for else None
+    awaiting = [r.id for r in lab.awaiting()]
     return HistoryView(metric=lab.config.metric, direction=lab.config.direction,
                        rows=table.format_rows(shown, limit, lab.config.metric, match), best=best_of(lab),
                        counts=table.counts(runs), awaiting_decision=pending.id if pending else None,
+                       awaiting=awaiting or None, results=results,
                        running=running_now(lab), problems=lab.history.problems() or None, limits=limits(lab),
                        lessons=lessons(runs) or None, near_misses=near_misses(runs, lab.config.direction) or None,
                        detail=detail, noise=lab.floor())  # fmt: skip
@@ -240,11 +251,13 @@ def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
 
 
 def running_now(lab: Lab) -> str | None:
-    return run_in_flight(lab.lock.read())
+    """One clause per run in flight: "run 3 ('idea') is running in process 123 (slot 1), at most 4 min left"."""
+    flying = [run_in_flight(info) for info in lab.in_flight()]
+    return "; ".join(f for f in flying if f) or None
 
 
 def progress_message(active: ActiveRun, started: float) -> str:
-    progress = active.execution.progress()
+    progress = active.execution.progress() if active.execution else None
     elapsed = time.monotonic() - started
     where = progress.describe() if progress else "no progress line yet"
     seeds = len(active.results) + 1 + len(active.seeds_left)
@@ -261,6 +274,8 @@ def decide(
     else:
         run = lab.discard(run_id, lesson)
         hint = "train.py is back to the last kept version; next idea"
+    if lab.current_content().encode() not in (lab.kept_content().encode(), lab._code(run.commit)):
+        hint += " (train.py holds your draft, unchanged: read_train shows its diff against the new best)"
     best = lab.best()
     return DecisionResult(run_id=run.id, decision="keep" if decision == "keep" else "discard", metric=run.metric,
                           best=best.metric if best else None, best_run=best.id if best else None,
