@@ -15,7 +15,7 @@ from conftest import dead_pid, write_slot
 from rich.console import Console
 
 from server.history import History, RunRecord
-from server.watch import LOG_TAIL_BYTES, render_frame, tail_text, watch
+from server.watch import LOG_TAIL_BYTES, _signature, render_frame, tail_text, watch
 
 TAG = "default"
 
@@ -179,3 +179,10 @@ def test_watch_redraws_when_a_run_starts_in_a_second_slot(tmp_path: Path) -> Non
         time.sleep(0.3)
         write_lock(tmp_path, log, os.getpid(), slot=1, run_id=3)
         assert wait_for(lambda: "running · slot 1" in out.getvalue())
+
+
+def test_a_slot_file_that_changes_changes_what_the_view_compares(tmp_path: Path) -> None:
+    """The fallback for missed file events: a run starting in any slot makes the next frame differ."""
+    before = _signature(tmp_path, TAG)
+    write_lock(tmp_path, tmp_path / "log.txt", os.getpid(), slot=1)
+    assert _signature(tmp_path, TAG) != before
