@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
@@ -104,5 +105,7 @@ def test_runs_in_flight_are_marked_apart_from_crashes(tmp_path: Path) -> None:
     _crashes(ax, runs)
     _running(ax, runs)
     crashes, flying = ax.collections
-    assert [p[0] for p in crashes.get_offsets()] == [4] and [p[0] for p in flying.get_offsets()] == [7]
+    assert np.asarray(crashes.get_offsets())[:, 0].tolist() == [4] and np.asarray(flying.get_offsets())[
+        :, 0
+    ].tolist() == [7]
     assert flying.get_label() == "running"
