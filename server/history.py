@@ -293,15 +293,32 @@ class History:
         self.metric = metric  # the second column of results.tsv
         self.events_path = folder / "runs.jsonl"
         self.tsv_path = folder / "results.tsv"
+        self._read: tuple[tuple[int, int, int] | None, list[dict[str, Any]], dict[int, RunRecord]] = (None, [], {})
 
     def run_dir(self, run_id: int) -> Path:
         return self.folder / "runs" / str(run_id)
 
+    def _events(self, repair: bool = False) -> tuple[list[dict[str, Any]], dict[int, RunRecord]]:
+        """The events and the runs they fold into, read again only when the file changed (its inode, size or
+        modification time): a start, a record and a decision each ask several times, and nights grow long."""
+        try:
+            stat = os.stat(self.events_path)
+            key: tuple[int, int, int] | None = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        cached_key, events, folded = self._read
+        if repair or key is None or key != cached_key:
+            events = read_events(self.events_path, repair)
+            folded = fold(events)
+            if not repair:  # a repair may have cut the file: the next read takes its new shape
+                self._read = (key, events, folded)
+        return events, folded
+
     def runs(self, repair: bool = False) -> list[RunRecord]:
-        return sorted(fold(read_events(self.events_path, repair)).values(), key=lambda r: r.id)
+        return sorted(self._events(repair)[1].values(), key=lambda r: r.id)
 
     def get(self, run_id: int) -> RunRecord | None:
-        return fold(read_events(self.events_path)).get(run_id)
+        return self._events()[1].get(run_id)
 
     def next_id(self) -> int:
         runs = self.runs()
@@ -339,9 +356,9 @@ class History:
     def expected_tip(self) -> str | None:
         """Where the run branch must point by the server's own record: the last kept run's commit, or the
         commit the tag started (or was re-pinned) at, whichever came later."""
-        runs = fold(read_events(self.events_path))
+        events, runs = self._events()
         expected = None
-        for event in read_events(self.events_path):
+        for event in events:
             if event.get("type") == "tag" and event.get("start"):
                 expected = str(event["start"])
             elif event.get("type") == "decision" and event.get("decision") == "keep" and event.get("id") in runs:

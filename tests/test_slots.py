@@ -220,7 +220,12 @@ def test_a_cancelled_supervisor_records_the_run_and_a_killed_one_is_recovered(tm
     time.sleep(1.5)
     hung = [p for p in psutil.process_iter(["environ"]) if (p.info["environ"] or {}).get("AUTORESEARCH_RUN_ID")
             == info["token"]]  # fmt: skip
-    os.kill(int(info["pid"]), signal.SIGKILL)
+    owner = psutil.Process(int(info["pid"]))
+    os.kill(owner.pid, signal.SIGKILL)
+    for _ in range(200):  # the kill is asynchronous: its slot is free once the process is gone
+        if not owner.is_running() or owner.status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(0.05)
     (lab.root / "train.py").write_text(set_mode("ok", 3.0))
     third = lab.run("after the kill")
     assert lab.history.get(second.id).status == "interrupted"  # type: ignore[union-attr]
