@@ -3,6 +3,7 @@
     python bench/run.py            # full: about 15-30 minutes on 2 CPU cores; writes bench/RESULTS.md
     python bench/run.py --quick    # tiny setting, for the smoke test; writes bench/out/quick/
     python bench/run.py --only overhead context --merge   # re-measure two parts, keep the others' figures
+    python bench/run.py --only pool --merge   # parallel slots, locally and through Ray (about 5 minutes)
 
 Writes RESULTS.md and results.json: a full run into bench/ (the committed figures), a quick one into
 bench/out/quick/ (ignored by git), either into --out when given. Every part's figures carry their own
