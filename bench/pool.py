@@ -9,6 +9,7 @@ so the server's start and record work counts. Waves of every (runner, N) are int
 one warm-up wave each that is not counted, so a load that comes and goes on the shared machine falls on all.
 
     .venv/bin/python bench/pool.py [--budget 5] [--waves 5] [--quick] [--out FILE]
+    .venv/bin/python bench/pool.py --growth 300 --out bench/out/pool_growth.json   # start_run vs history size
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def summary(pools: list[Pool], budget: float) -> dict[str, Any]:
         ratio = summarize(ratios)
         out.setdefault(pool.runner, {})[str(pool.slots)] = {
             **figures, "ratio": ratio, "limit_per_hour": 3600 * pool.slots / budget,
-            "met": ratio["median"] >= TARGET, "waves": pool.waves}  # fmt: skip
+            "met": ratio["median"] >= TARGET, "runs_in_history": len(pool.lab.history.runs()),
+            "waves": pool.waves}  # fmt: skip
     return out
 
 
@@ -180,13 +182,41 @@ def _shutdown_ray() -> None:
             ray.shutdown()
 
 
+def growth(runs: int, every: int = 50) -> list[dict[str, float]]:
+    """A diagnostic, not part of the suite: start_run's seconds as the history grows (one slot, the fake in
+    "ok" mode, each run discarded), the median of each `every` starts, and one history read at that size."""
+    os.environ.update(GIT_ENV)
+    work = Path(tempfile.mkdtemp(prefix="bench-pool-growth-"))
+    try:
+        pool, starts, out = make_pool(work, "local", 1, 0.01), [], []
+        for i in range(1, runs + 1):
+            t0 = time.perf_counter()
+            active = pool.lab.start_run(f"growth {i}", edits=pool.candidate())
+            starts.append(time.perf_counter() - t0)
+            pool.lab.discard(pool.lab.drive(active).id)
+            if i % every == 0:
+                t0 = time.perf_counter()
+                pool.lab.history.runs()
+                out.append({"runs": i + 1, "start_run_s": summarize(starts[-every:])["median"],
+                            "history_runs_s": time.perf_counter() - t0, "load": os.getloadavg()[0]})  # fmt: skip
+                print(f"[pool] growth {out[-1]}", file=sys.stderr, flush=True)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--budget", type=float)
     parser.add_argument("--waves", type=int)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--growth", type=int, help="instead: start_run's time as the history grows to this many runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "pool.json")
     args = parser.parse_args(argv)
+    if args.growth:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(growth(args.growth), indent=2) + "\n")
+        return 0
     result = run(args.quick, args.budget, args.waves)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
