@@ -27,6 +27,8 @@ AREAS = [  # the issue's order; a scenario in another area is an error, so typos
     "Storage faults",
     "Sandbox",
     "Measurement",
+    "Pool",
+    "Clients",
 ]
 SCENARIO = re.compile(r"^Scenario:\s*(?P<area>[^/]+?)\s*/\s*(?P<text>.+)$", re.S)
 

@@ -5,12 +5,15 @@ Whether a night is on comes from one state file, <state_dir>/night.json (see scr
 STOP created, its `stop` reason set (a cap reached) or its deadline passed, and the agent may stop. When
 Claude Code says the agent was already sent back once (`stop_hook_active`) and no run was recorded since,
 the agent may stop too, so a stuck agent cannot loop on this hook; the overnight launcher starts a fresh
-session. Standard library only: it runs under whatever python3 the machine has.
+session. Runs still in flight (the pool's slot files, <state_dir>/slots/<n>.lock, read as server/registry.py's
+read_live reads them) are named, so the agent collects them first. Standard library only: it runs under
+whatever python3 the machine has.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,31 @@ def history_size(state: Path, tag: str) -> int:
         return 0
 
 
+def runs_in_flight(state: Path, tag: str) -> list[int]:
+    """The ids of the tag's runs in flight: slot files describing a run whose owner process still exists."""
+    ids = []
+    for path in sorted((state / "slots").glob("*.lock"), key=lambda p: p.stem.zfill(6)):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("op") == "run" and info.get("tag") == tag and pid_alive(info.get("pid")):
+            ids.append(info.get("run_id"))
+    return [i for i in ids if isinstance(i, int)]
+
+
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False  # 0 and negative ids address process groups
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def read_event() -> dict[str, Any]:
     try:
         event = json.loads(sys.stdin.read() or "{}")
@@ -37,12 +65,16 @@ def read_event() -> dict[str, Any]:
     return event if isinstance(event, dict) else {}
 
 
-def reason(tag: str, deadline: object) -> str:
+def reason(tag: str, deadline: object, flying: list[int] | None = None) -> str:
     until = f" until {time.strftime('%H:%M', time.localtime(deadline))}" if isinstance(deadline, int | float) else ""
-    return (
-        f"Do not stop: the night on tag {tag} goes on{until} and the human is away. Call get_history, pick "
-        "the next idea, and continue with write_train and run_experiment; only the human ends the night."
-    )
+    text = f"Do not stop: the night on tag {tag} goes on{until} and the human is away. "
+    if flying:
+        ids = ", ".join(map(str, flying))
+        text += (f"Run{'s' if len(flying) > 1 else ''} {ids} {'are' if len(flying) > 1 else 'is'} still in flight: "
+                 f"collect with get_history(wait_for=[{ids}]) and keep or discard each by run_id; then ")  # fmt: skip
+        return text + "pick the next idea and continue with run_experiment; only the human ends the night."
+    return text + ("Call get_history, pick the next idea, and continue with write_train and run_experiment; only "
+                   "the human ends the night.")  # fmt: skip
 
 
 def main() -> int:
@@ -62,7 +94,8 @@ def main() -> int:
     if event.get("stop_hook_active") and isinstance(last, dict) and last.get("history_size") == size:
         return 0  # sent back before and nothing ran since: let it stop; the launcher starts a fresh session
     night.write_json(marker, {"history_size": size})
-    print(json.dumps({"decision": "block", "reason": reason(tag, current.get("deadline"))}))
+    flying = runs_in_flight(state, tag)
+    print(json.dumps({"decision": "block", "reason": reason(tag, current.get("deadline"), flying)}))
     return 0
 
 

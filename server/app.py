@@ -241,12 +241,13 @@ async def keep(
     ctx: Context[AppState],
     force: Annotated[bool, Field(description="keep a run that is not better (simpler code, equal result)")] = False,
     reason: Annotated[str | None, Field(max_length=300, description="required with force")] = None,
-    run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest")] = None,
+    run_id: Annotated[int | None, Field(ge=1, description="the run to keep; default the latest finished")] = None,
     lesson: Annotated[str | None, Field(max_length=300, description="what this run taught; kept for later")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
-    """Accept the latest finished run: the run branch advances to its commit. Only a gain on the best beyond
-    the noise band (run_experiment's required_gain) is kept unless force is given with a reason. Crashed runs
-    can never be kept."""
+    """Accept a finished run (the latest by default; give run_id when several await a decision): the run branch
+    advances to its commit. Only a gain on the best it started from beyond the noise band (run_experiment's
+    required_gain) is kept unless force is given with a reason; if the best moved since, rebase it. Crashed
+    runs can never be kept."""
     return compact(await call(ctx, views.decide, "keep", run_id, force, reason, clean_note(lesson)))
 
 
@@ -256,8 +257,8 @@ async def discard(
     run_id: Annotated[int | None, Field(ge=1, description="the run to discard; default the latest")] = None,
     lesson: Annotated[str | None, Field(max_length=300, description="what this run taught; kept for later")] = None,
 ) -> Annotated[CallToolResult, views.DecisionResult]:
-    """Reject the latest run: the training script returns to the last kept version. Its result stays in
-    the history."""
+    """Reject a finished run (the latest by default; give run_id when several await a decision): a training
+    script still holding its code returns to the last kept version. Its result stays in the history."""
     return compact(await call(ctx, views.decide, "discard", run_id, False, None, clean_note(lesson)))
 
 

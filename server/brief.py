@@ -1,7 +1,7 @@
 """The state of a search in a few lines: for a resumed or compacted Claude Code session, and the status skill.
 
 `python -m server.brief [--root R] [--tag T]` prints it; the SessionStart hook (scripts/session_hook.py)
-hands it to the agent. Also the one reader of the run in flight for the dashboard.
+hands it to the agent. Also the one reader of the runs in flight for the dashboard.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ from server.errors import AutoresearchError
 from server.history import History, RunRecord, best_run
 from server.summary import last_progress
 from server.table import counts, fmt_delta, fmt_metric, outcome, shorten
-from server.watch import clock, pid_alive, read_lock, tail_text
+from server.watch import SlotInfo, clock, read_runs, tail_text
 
 RECENT = 5
 
 
 class InFlight(BaseModel):
-    """The run the lock file says is running, with what its log last said."""
+    """A run its slot file says is running, with what its log last said."""
 
     run_id: int | None
     tag: str | None
     description: str
+    slot: int | None = None
+    device: str | None = None
     elapsed_s: float | None
     left_s: float | None
     budget_s: float | None
@@ -38,22 +40,25 @@ class InFlight(BaseModel):
     last_line: str = ""
 
 
-def in_flight(state_dir: Path, now: float | None = None) -> InFlight | None:
-    """The run in flight, or None when nothing runs (no lock, another operation, or a dead holder)."""
-    lock = read_lock(state_dir)
-    if lock is None or not pid_alive(lock.pid):
-        return None
+def in_flight(state_dir: Path, now: float | None = None) -> list[InFlight]:
+    """The runs in flight, in slot order; [] when nothing runs (no slot described, or only dead owners)."""
     now = time.time() if now is None else now
-    text = tail_text(Path(lock.log)) if lock.log else ""
+    return [_in_flight(run, now) for run in read_runs(state_dir)]
+
+
+def _in_flight(run: SlotInfo, now: float) -> InFlight:
+    text = tail_text(Path(run.log)) if run.log else ""
     progress = last_progress(text)
     last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
     return InFlight(
-        run_id=lock.run_id,
-        tag=lock.tag,
-        description=lock.description,
-        elapsed_s=now - lock.started_at if lock.started_at is not None else None,
-        left_s=lock.deadline - now if lock.deadline is not None else None,
-        budget_s=lock.budget,
+        run_id=run.run_id,
+        tag=run.tag,
+        description=run.description,
+        slot=run.slot,
+        device=run.device,
+        elapsed_s=now - run.started_at if run.started_at is not None else None,
+        left_s=run.deadline - now if run.deadline is not None else None,
+        budget_s=run.budget,
         step=progress.step if progress else None,
         loss=progress.loss if progress else None,
         remaining_s=progress.remaining if progress else None,
@@ -66,19 +71,32 @@ def run_line(run: RunRecord) -> str:
 
 
 def running_line(run: InFlight) -> str:
+    """'in flight on tag night: #7 'idea' (slot 1, GPU 1), elapsed 0:30, step 12, loss 3.2500, 48s of training left'"""
     where = f" on tag {run.tag}" if run.tag else ""
-    parts = [f"in flight{where}: #{run.run_id} {shorten(run.description, 60)!r}"]
+    place = ", ".join(([f"slot {run.slot}"] if run.slot is not None else []) +
+                      ([f"GPU {run.device}"] if run.device is not None else []))  # fmt: skip
+    parts = [f"in flight{where}: #{run.run_id} {shorten(run.description, 60)!r}" + (f" ({place})" if place else "")]
     if run.elapsed_s is not None:
         parts.append(f"elapsed {clock(run.elapsed_s)}")
     if run.step is not None and run.loss is not None:
         parts.append(f"step {run.step}, loss {run.loss:.4f}")
     if run.remaining_s is not None:
         parts.append(f"{run.remaining_s:.0f}s of training left")
-    return ", ".join(parts) + "; wait for it with get_history before starting another run."
+    return ", ".join(parts)
+
+
+def running_lines(runs: list[InFlight]) -> list[str]:
+    """A line per run in flight and how to collect them, or that nothing runs."""
+    if not runs:
+        return ["nothing is running now."]
+    ids = ", ".join(str(run.run_id) for run in runs)
+    return [*(running_line(run) for run in runs),
+            f"collect {'it' if len(runs) == 1 else 'them'} with get_history(wait_for=[{ids}]), then keep or discard "
+            "each by run_id."]  # fmt: skip
 
 
 def brief(state_dir: Path, tag: str, metric: str = "val_bpb", recent: int = RECENT) -> str:
-    """A handful of lines: the totals, the best run, the latest runs, the run in flight."""
+    """A handful of lines: the totals, the best run, the latest runs, the runs in flight."""
     runs = History(state_dir / tag).runs()
     c = counts(runs)
     lines = [f"autoresearch, tag {tag}: {c['runs']} runs, {c['kept']} kept, {c['discarded']} discarded, "
@@ -90,8 +108,7 @@ def brief(state_dir: Path, tag: str, metric: str = "val_bpb", recent: int = RECE
     if runs:
         lines.append("latest runs:")
         lines.extend(f"  {run_line(run)}" for run in runs[-recent:])
-    running = in_flight(state_dir)
-    lines.append(running_line(running) if running else "nothing is running now.")
+    lines.extend(running_lines(in_flight(state_dir)))
     lines.append("get_history gives the full table; continue the loop from there.")
     return "\n".join(lines)
 

@@ -207,7 +207,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from server.demo import run_demo
 
-    return run_demo(root_of(args), args.experiments, args.budget, args.out, out, seed=args.seed)
+    return run_demo(root_of(args), args.experiments, args.budget, args.out, out, seed=args.seed, slots=args.slots)
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
@@ -239,6 +239,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--budget", type=float, default=30.0, help="seconds of training per run")
         parser.add_argument("--out", default="progress.png", help="where to write the plot")
         parser.add_argument("--seed", type=int, default=0, help="the built-in agent's choice of ideas")
+        parser.add_argument("--slots", type=int, default=1, help="runs at once; above 1, waves of candidates")
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {

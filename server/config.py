@@ -29,6 +29,7 @@ ENV_OVERRIDES = {
     "AUTORESEARCH_TIMEOUT": "timeout",
     "AUTORESEARCH_EVAL_TOKENS": "eval_tokens",
     "AUTORESEARCH_STATE_DIR": "state_dir",
+    "AUTORESEARCH_SLOTS": "slots",
 }
 
 

@@ -1,7 +1,7 @@
 """`autoresearch dashboard`: a live web page of the search, served on 127.0.0.1 only.
 
 The page (server/static/) polls two JSON endpoints and draws the chart itself, with no CDN:
-    GET /api/state?tag=T        every run of the tag, the best, the run in flight, all tags
+    GET /api/state?tag=T        every run of the tag, the best, the runs in flight (a list), all tags
     GET /api/runs/<id>?tag=T    one run's diff and the tail of its log
 Starlette and uvicorn come with the mcp package, so the dashboard adds no dependency.
 """
@@ -48,7 +48,6 @@ def run_json(run: RunRecord) -> dict[str, Any]:
 def state_json(state_dir: Path, tag: str, metric: str, direction: str) -> dict[str, Any]:
     runs = History(state_dir / tag).runs()
     best = best_run(runs)
-    running = in_flight(state_dir)
     return {
         "tag": tag,
         "tags": sorted({*tags(state_dir), tag}),
@@ -56,7 +55,7 @@ def state_json(state_dir: Path, tag: str, metric: str, direction: str) -> dict[s
         "direction": direction,
         "runs": [run_json(r) for r in runs],
         "best": best.id if best else None,
-        "running": running.model_dump() if running else None,
+        "running": [run.model_dump() for run in in_flight(state_dir)],  # one per slot in flight; [] when idle
         "now": time.time(),
     }
 

@@ -3,6 +3,7 @@
 A built-in agent drives the real MCP server over stdio (started as .mcp.json says) with the six tools
 only: a baseline (the server runs it on several seeds: the noise floor), then one hyperparameter change per
 experiment, keep when the gain is beyond the noise, repeat a near miss on more seeds, discard otherwise.
+With --slots N (N > 1) it works in waves of N candidates at once instead (server/wave.py).
 It works in a git worktree on its own run tag, so the user's checkout is never touched.
 """
 
@@ -36,6 +37,7 @@ CONSTANT_RE = re.compile(
 )
 SKIP = {"SEED"}  # changing the seed only measures noise
 FACTOR = 1.5
+MAX_SLOTS = 8  # a CPU machine shares its cores between the slots
 
 
 @dataclass(frozen=True)
@@ -171,10 +173,13 @@ def ensure_data(root: Path, console: Console) -> None:
         raise ConfigError("data preparation failed (see above); fix it and run the demo again.")
 
 
-def run_demo(root: Path, experiments: int, budget: float, out: str, console: Console, seed: int = 0) -> int:
-    """Prepare, then run the loop in a fresh worktree on tag demo-<time>; print the table, write the plot."""
-    if experiments < 1 or budget <= 0:
-        raise InvalidInputError("--experiments must be at least 1 and --budget above 0.")
+def run_demo(
+    root: Path, experiments: int, budget: float, out: str, console: Console, seed: int = 0, slots: int = 1
+) -> int:
+    """Prepare, then run the loop in a fresh worktree on tag demo-<time>; print the table, write the plot. With
+    several slots, waves of candidates run in parallel."""
+    if experiments < 1 or budget <= 0 or not 1 <= slots <= MAX_SLOTS:
+        raise InvalidInputError(f"--experiments must be at least 1, --budget above 0 and --slots 1 to {MAX_SLOTS}.")
     repo = gitops.open_repo(root)
     root = Path(repo.working_tree_dir or root)
     config = load_config(root)
@@ -188,17 +193,25 @@ def run_demo(root: Path, experiments: int, budget: float, out: str, console: Con
         repo.git.worktree("add", "-q", "-b", gitops.run_branch(tag), str(worktree), "HEAD")
         try:
             env = {"AUTORESEARCH_TAG": tag, "AUTORESEARCH_TIME_BUDGET": f"{budget:g}",
-                   "AUTORESEARCH_STATE_DIR": str(state)}  # fmt: skip
+                   "AUTORESEARCH_STATE_DIR": str(state), "AUTORESEARCH_SLOTS": str(slots)}  # fmt: skip
             console.print(f"run tag {tag}; watch live from another terminal: autoresearch watch --tag {tag}")
-            anyio.run(_drive, server_params(root, worktree, env), console, experiments, random.Random(seed))
+            if slots > 1:
+                console.print(f"{slots} slots: each round starts {slots} candidates at once and collects them")
+            params = server_params(root, worktree, env)
+            anyio.run(_drive, params, console, experiments, random.Random(seed), slots)
         finally:
             repo.git.worktree("remove", "--force", str(worktree))
     return report(History(state / tag), root / out, console, tag, config.metric, config.direction, config.confidence)
 
 
-async def _drive(params: StdioServerParameters, console: Console, experiments: int, rng: random.Random) -> None:
+async def _drive(
+    params: StdioServerParameters, console: Console, experiments: int, rng: random.Random, slots: int
+) -> None:
+    from server.wave import WaveAgent  # it builds on DemoAgent
+
     async with Client(params) as client:
-        await DemoAgent(client, console, rng).loop(experiments)
+        agent = WaveAgent(client, console, rng, slots) if slots > 1 else DemoAgent(client, console, rng)
+        await agent.loop(experiments)
 
 
 def report(

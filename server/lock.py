@@ -76,8 +76,8 @@ class Held:
         """Record what this holder is doing, for busy messages and for recovery after a crash."""
         data = json.dumps({"pid": os.getpid(), "since": time.time(), **info}).encode()
         try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, data, 0)
+            os.pwrite(self.fd, data, 0)  # over the old text, then cut: a reader never finds the file empty
+            os.ftruncate(self.fd, len(data))
             os.fsync(self.fd)
         except OSError as exc:
             raise StorageError(f"could not write the lock file {self.path} ({exc.strerror}); "

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from server import caps, gitops, noise, pins, sandbox, supervise
 from server.config import CONFIG_NAME, Config
@@ -23,7 +23,7 @@ from server.errors import BusyError, DuplicateError, InvalidInputError, NightOve
 from server.history import History, RunRecord, atomic_write, best_run, now
 from server.holdout import score_holdout
 from server.isolation import Places
-from server.lock import Held, RepoLock
+from server.lock import Held, RepoLock, run_in_flight
 from server.outcome import classify
 from server.pipeline import (
     Candidate,
@@ -127,10 +127,15 @@ class Lab:
             if stale.get("token"):
                 killed = kill_by_token(str(stale["token"]))
                 log.warning("recovered run %s of a dead owner; killed %d process(es)", stale.get("run_id"), killed)
-        live = {int(info["run_id"]) for info in self.slots.live() if info.get("tag") == self.config.tag
+        flying = self.slots.live()
+        if any("unreadable" in info for info in flying):
+            return  # a slot being rewritten: which run it holds is unknown, so nothing is recorded interrupted now
+        live = {int(info["run_id"]) for info in flying if info.get("tag") == self.config.tag
                 and isinstance(info.get("run_id"), int)}  # fmt: skip
         for run in self.history.runs():
             if run.status == "running" and run.id not in live:
+                log.warning("run %d has no live owner (runs in flight: %s); recording it interrupted", run.id,
+                            sorted(live) or "none")  # fmt: skip
                 reason = "the server stopped, or could not record the run's end; its processes were killed on restart"
                 ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
                 self.history.record(ended, "end")
@@ -237,7 +242,7 @@ class Lab:
         last = drafts[-1] if drafts else None
         return last if last and last.status == "ok" and last.decision is None else None
 
-    def in_flight(self) -> list[dict[str, object]]:
+    def in_flight(self) -> list[dict[str, Any]]:
         """The runs of this tag in flight now, as their slots describe them (this process's and others')."""
         return [info for info in self.slots.live() if info.get("tag") == self.config.tag]
 
@@ -257,9 +262,9 @@ class Lab:
         drafts = {r.id for r in self.history.runs() if r.status == "running" and r.source == "draft"}
         for info in self.in_flight():
             if info.get("run_id") in drafts:
-                raise BusyError(f"busy: run {info['run_id']} ({info.get('description', '')!r}), a run of train.py, "
-                                "is running; wait for it with get_history(wait_for=[its id]), or start more "
-                                "candidates with run_experiment(edits=...) meanwhile.")  # fmt: skip
+                raise BusyError(f"busy: {run_in_flight(info)}, a run of train.py; wait for it with get_history("
+                                f"wait_for=[{info['run_id']}]), or meanwhile start candidates with "
+                                "run_experiment(edits=...).")  # fmt: skip
 
     def start_run(
         self,
@@ -395,7 +400,8 @@ class Lab:
         if run is None:
             raise InvalidInputError(f"there is no run {run_id} to rebase; get_history lists the runs.")
         if run.decision is not None or run.status == "running":
-            what = "is still running" if run.status == "running" else f"was already {run.decision}ed"
+            done = "kept" if run.decision == "keep" else "discarded"
+            what = "is still running" if run.status == "running" else f"was already {done}"
             raise StateError(f"run {run_id} {what}; rebase re-runs an undecided run whose best moved.")
         if run.parent == self.tip():
             raise StateError(f"run {run_id} already started from the current best; keep or discard it instead.")

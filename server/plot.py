@@ -24,6 +24,7 @@ KEEP_COLOR = "#2ca02c"
 DISCARD_COLOR = "#9e9e9e"
 CRASH_COLOR = "#d62728"
 PENDING_COLOR = "#4c72b0"
+RUNNING_COLOR = "#e0a800"
 HOLDOUT_COLOR = "#6a3d9a"
 LABEL_WIDTH = 36
 
@@ -73,6 +74,15 @@ def _crashes(ax: Axes, runs: list[RunRecord]) -> None:
             zorder=4,
             label="crashed",
         )
+
+
+def _running(ax: Axes, runs: list[RunRecord]) -> None:
+    """Runs still in flight as hollow amber circles along the bottom edge: no metric yet, but not lost."""
+    flying = [r.id for r in runs if outcome(r) == "running"]
+    if flying:
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        ax.scatter(flying, [0.03] * len(flying), transform=bottom, marker="o", facecolors="none", s=36,
+                   edgecolors=RUNNING_COLOR, linewidths=1.5, clip_on=False, zorder=4, label="running")  # fmt: skip
 
 
 def _best_line(ax: Axes, runs: list[RunRecord], direction: str) -> None:
@@ -142,6 +152,7 @@ def _draw(ax: Axes, runs: list[RunRecord], metric: str, direction: str) -> None:
     _scatter(ax, runs, "pending", facecolors="none", edgecolors=PENDING_COLOR, s=30, zorder=3, label="pending")
     _scatter(ax, runs, "keep", color=KEEP_COLOR, edgecolors="black", linewidths=0.6, s=60, zorder=5, label="kept")
     _crashes(ax, runs)
+    _running(ax, runs)
     _best_line(ax, runs, direction)
     _holdout(ax, runs)
     _labels(ax, runs)

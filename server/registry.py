@@ -23,6 +23,7 @@ from server.errors import BusyError
 from server.lock import Held, RepoLock
 
 TAKE_TRIES = 3  # a reader's momentary shared lock can make a free slot look taken
+READ_TRIES = 20  # a slot's owner rewrites its file in place: a reader may catch it half-written
 
 
 @dataclass
@@ -80,14 +81,19 @@ class Slots:
         return [info for info, alive in self.scan() if alive]
 
     def scan(self) -> list[tuple[dict[str, Any], bool]]:
-        """Each described slot's run and whether its owner still holds it."""
+        """Each described slot's run and whether its owner still holds it. A held slot whose file cannot be read
+        (its owner is rewriting it) is read again; if it stays unreadable it counts as a live unknown run."""
         found = []
-        for index in range(self.count):
-            path = self.path(index)
+        for path in sorted(self.folder.glob("*.lock"), key=lambda p: p.stem.zfill(6)):
             info = RepoLock(path).read()
-            if info.get("op") != "run":
-                continue
-            found.append((info, _held_by_someone(path)))
+            alive = _held_by_someone(path)
+            for _ in range(READ_TRIES):
+                if info.get("op") in ("run", "sweep") or not alive:
+                    break
+                time.sleep(0.01)
+                info, alive = RepoLock(path).read(), _held_by_someone(path)
+            if info.get("op") == "run" or (alive and info.get("op") not in ("sweep",)):
+                found.append((info if info.get("op") == "run" else {"op": "run", "unreadable": str(path)}, alive))
         return found
 
     def sweep(self) -> list[dict[str, Any]]:
@@ -98,7 +104,7 @@ class Slots:
                 continue
             try:
                 held = RepoLock(self.path(int(info.get("slot", -1)))).acquire("sweep")
-            except (BusyError, ValueError):
+            except (BusyError, ValueError, TypeError):
                 continue  # taken meanwhile by a live run
             if held.stale.get("op") == "run":
                 left.append(held.stale)

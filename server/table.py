@@ -53,11 +53,14 @@ def _count_key(run: RunRecord) -> str:
 
 
 def count_words(runs: list[RunRecord], noun: str = "run") -> str:
-    """'5 runs, 2 kept, 1 discarded, 1 crashed, 1 over budget': each way a run ended, under its own name."""
+    """'5 runs, 2 kept, 1 discarded, 1 crashed, 1 over budget, 2 running': each way a run ended, under its own
+    name, then the runs still in flight."""
     c = counts(runs)
     words = [f"{c['runs']} {noun}{'' if c['runs'] == 1 else 's'}", f"{c['kept']} kept",
              f"{c['discarded']} discarded", f"{c['crashed']} crashed"]  # fmt: skip
     words += [f"{c[status]} {word}" for status, word in FAILED_WORDS.items() if c.get(status)]
+    if c["running"]:
+        words.append(f"{c['running']} running")
     if c.get("extra_seed_runs"):
         words[0] += f" (+{c['extra_seed_runs']} seed repeats)"
     return ", ".join(words)
@@ -171,8 +174,13 @@ def format_rows(runs: list[RunRecord], limit: int = 20, metric: str = "val_bpb",
 
 
 def _style(run: RunRecord) -> str:
-    """Kept runs stand out, crashes alarm, discards recede."""
-    return {"keep": "bold green", "crash": "red", "discard": "dim"}.get(outcome(run), "")
+    """Kept runs stand out, crashes alarm, discards recede, runs in flight wait in yellow."""
+    return {"keep": "bold green", "crash": "red", "discard": "dim", "running": "yellow"}.get(outcome(run), "")
+
+
+def pooled(runs: list[RunRecord]) -> bool:
+    """Whether the runs came from a pool of several slots (a run in a slot past the first)."""
+    return any((run.slot or 0) > 0 for run in runs)
 
 
 def title(runs: list[RunRecord]) -> str:
@@ -185,11 +193,13 @@ def title(runs: list[RunRecord]) -> str:
 def render_table(
     runs: list[RunRecord], metric: str = "val_bpb", caption: str | None = None, heading: str | None = None
 ) -> Table:
-    """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim."""
+    """A rich table of the runs for the terminal: kept runs green, crashes red, discards dim, runs in flight
+    yellow; a slot column when the runs came from a pool of several slots."""
     caption = caption if caption is not None else holdout_caption(runs)
     table = Table(title=title(runs) if heading is None else heading, caption=caption, header_style="bold")
+    slots = pooled(runs)
     widths = {"#": 3, "commit": 7, metric: 8, "seeds": 5, "delta": 7, "gate": 6, "holdout": 8, "mem GB": 6,
-              "outcome": 9, "epochs": 6}  # fmt: skip
+              "outcome": 9, "epochs": 6, **({"slot": 4} if slots else {})}  # fmt: skip
     for name, width in widths.items():
         table.add_column(name, justify="left" if name in ("commit", "outcome") else "right", no_wrap=True,
                          min_width=max(width, len(name)))  # fmt: skip
@@ -199,7 +209,8 @@ def render_table(
         word = _outcome_word(run) + (" (forced)" if run.forced else "")
         cells = [str(run.id), run.commit[:7], fmt_metric(run.metric), fmt_seeds(run), fmt_delta(run), fmt_gate(run),
                  fmt_holdout(run), fmt_memory(run.memory_gb)]  # fmt: skip
-        table.add_row(*cells, word, fmt_epochs(run.epochs), shorten(run.description, 60), style=_style(run))
+        where = [str(run.slot) if run.slot is not None else "-"] if slots else []
+        table.add_row(*cells, word, fmt_epochs(run.epochs), *where, shorten(run.description, 60), style=_style(run))
     return table
 
 

@@ -1,4 +1,5 @@
-"""A live terminal view of one run tag: the experiment in flight, the best so far, the latest runs."""
+"""A live terminal view of one run tag: the experiments in flight (one panel per slot), the best so far, the
+latest runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from server.history import History, RunRecord, best_run
-from server.lock import RepoLock
+from server.registry import read_live
 from server.summary import last_progress
 from server.table import render_table, shorten, title
 
@@ -27,8 +28,8 @@ TICK_S = 1.0  # how often the view wakes without a file event: elapsed time must
 DEBOUNCE_MS = 300
 
 
-class LockInfo(BaseModel):
-    """The lock file's content; every field optional, since other ops write other shapes."""
+class SlotInfo(BaseModel):
+    """What a slot's file says about its run; every field optional, so a file of another version still reads."""
 
     pid: int | None = None
     op: str | None = None
@@ -39,28 +40,20 @@ class LockInfo(BaseModel):
     deadline: float | None = None
     budget: float | None = None
     log: str | None = None
+    slot: int | None = None
+    device: str | None = None
+    seed: int | None = None
 
 
-def read_lock(state_dir: Path) -> LockInfo | None:
-    """The run in flight as the lock file describes it, or None (no lock, empty, unreadable, another op)."""
-    try:
-        info = LockInfo.model_validate(RepoLock(state_dir / "lock").read())
-    except ValidationError:
-        return None  # a field of the wrong type: not a lock this version wrote
-    return info if info.op == "run" else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id exists (a lock whose owner died is stale)."""
-    if pid is None or pid <= 0:
-        return False  # os.kill(0, ...) would address our own process group
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
+def read_runs(state_dir: Path) -> list[SlotInfo]:
+    """The runs in flight, in slot order, as their slot files describe them (registry.read_live: owners alive)."""
+    runs = []
+    for info in read_live(state_dir):
+        try:
+            runs.append(SlotInfo.model_validate(info))
+        except ValidationError:
+            continue  # a field of the wrong type: not a slot this version wrote
+    return runs
 
 
 def tail_text(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
@@ -84,9 +77,9 @@ def clock(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def _log_lines(lock: LockInfo) -> list[str]:
+def _log_lines(run: SlotInfo) -> list[str]:
     """What the log says: the latest progress line, else its last line."""
-    text = tail_text(Path(lock.log)) if lock.log else ""
+    text = tail_text(Path(run.log)) if run.log else ""
     progress = last_progress(text)
     if progress is not None:
         return [progress.describe()]
@@ -94,36 +87,41 @@ def _log_lines(lock: LockInfo) -> list[str]:
     return [f"log: {shorten(last, 100)}"] if last else ["no output yet"]
 
 
-def _timing(lock: LockInfo, now: float) -> str:
+def _timing(run: SlotInfo, now: float) -> str:
     """Elapsed time, time left before the deadline, and the training budget."""
     parts = []
-    if lock.started_at is not None:
-        parts.append(f"elapsed {clock(now - lock.started_at)}")
-    if lock.deadline is not None:
-        left = lock.deadline - now
+    if run.started_at is not None:
+        parts.append(f"elapsed {clock(now - run.started_at)}")
+    if run.deadline is not None:
+        left = run.deadline - now
         parts.append(f"{clock(left)} left before the deadline" if left > 0 else "past its deadline")
-    if lock.budget is not None:
-        parts.append(f"budget {lock.budget:g}s")
+    if run.budget is not None:
+        parts.append(f"budget {run.budget:g}s")
     return " · ".join(parts)
 
 
-def running_panel(lock: LockInfo, tag: str, now: float) -> Panel:
-    """The experiment in flight: id, description, timing, and what its log last said."""
-    where = f" on tag {lock.tag}" if lock.tag and lock.tag != tag else ""
-    head = Text(f"#{lock.run_id if lock.run_id is not None else '?'}{where}  ", style="bold")
-    head.append(shorten(lock.description, 90))
-    body = [head, Text(_timing(lock, now)), *(Text(line, style="cyan") for line in _log_lines(lock))]
-    return Panel(Group(*body), title="running", title_align="left", border_style="yellow")
+def where(run: SlotInfo) -> str:
+    """'slot 1 · GPU 1': the pool slot and the device the run sees ('' when the slot file names neither)."""
+    parts = [] if run.slot is None else [f"slot {run.slot}"]
+    return " · ".join(parts + ([f"GPU {run.device}"] if run.device is not None else []))
+
+
+def running_panel(run: SlotInfo, tag: str, now: float) -> Panel:
+    """One experiment in flight: id, description, timing, and what its log last said; the slot in the title."""
+    other = f" on tag {run.tag}" if run.tag and run.tag != tag else ""
+    head = Text(f"#{run.run_id if run.run_id is not None else '?'}{other}  ", style="bold")
+    head.append(shorten(run.description, 90))
+    body = [head, Text(_timing(run, now)), *(Text(line, style="cyan") for line in _log_lines(run))]
+    heading = "running" + (f" · {where(run)}" if where(run) else "")
+    return Panel(Group(*body), title=heading, title_align="left", border_style="yellow")
 
 
 def status_line(state_dir: Path, tag: str, now: float) -> RenderableType:
-    """The running experiment's panel, or a line saying the loop is idle."""
-    lock = read_lock(state_dir)
-    if lock is None:
+    """A panel per experiment in flight, or a line saying the loop is idle."""
+    runs = read_runs(state_dir)
+    if not runs:
         return Text("idle: no experiment running", style="dim")
-    if not pid_alive(lock.pid):
-        return Text(f"idle: a stale lock from pid {lock.pid}, which has exited", style="dim")
-    return running_panel(lock, tag, now)
+    return Group(*(running_panel(run, tag, now) for run in runs))
 
 
 def best_line(runs: list[RunRecord]) -> Text:
@@ -137,7 +135,7 @@ def best_line(runs: list[RunRecord]) -> Text:
 
 
 def render_frame(state_dir: Path, tag: str, now: float | None = None) -> RenderableType:
-    """One screen: header, the run in flight (or idle), the best so far, and the latest runs."""
+    """One screen: header, the runs in flight (or idle), the best so far, and the latest runs."""
     now = time.time() if now is None else now
     header = Text(f"autoresearch · tag {tag} · {state_dir} · {time.strftime('%H:%M:%S')}", style="bold")
     if not state_dir.is_dir():
@@ -154,7 +152,8 @@ def render_frame(state_dir: Path, tag: str, now: float | None = None) -> Rendera
 def _signature(state_dir: Path, tag: str) -> tuple[object, ...]:
     """Cheap stats of the files a frame depends on, to catch changes a file watcher may miss."""
     stats: list[object] = [state_dir.is_dir()]
-    for path in (state_dir / "lock", state_dir / tag / "runs.jsonl"):
+    slots = sorted((state_dir / "slots").glob("*.lock")) if state_dir.is_dir() else []
+    for path in (*slots, state_dir / tag / "runs.jsonl"):
         try:
             st = path.stat()
             stats.append((st.st_mtime_ns, st.st_size))
@@ -172,9 +171,9 @@ class _Viewer:
         self.signature: tuple[object, ...] | None = None
 
     def draw(self, changed: bool) -> None:
-        """Redraw on the first call, when the lock or history changed, or while a run is active."""
+        """Redraw on the first call, when a slot or the history changed, or while a run is active."""
         signature = _signature(self.state_dir, self.tag)
-        active = read_lock(self.state_dir) is not None
+        active = bool(read_runs(self.state_dir))
         # a live display redraws on every tick of an active run; a plain stream only on real changes
         if self.frames and signature == self.signature and not (active and (changed or self.ticks)):
             return

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -123,3 +126,21 @@ def disk_state(repo: Path) -> dict[str, object]:
         "refs": git(repo, "for-each-ref", "--format=%(refname) %(objectname)"),
         "status": git(repo, "status", "--porcelain"),
     }
+
+
+def write_slot(state_dir: Path, slot: int, run_id: int, log: Path, pid: int, **info: object) -> Path:
+    """A slot file as the pool writes it for a run in flight (registry.Slot.describe), owned by `pid`."""
+    now = time.time()
+    data = {"pid": pid, "since": now - 42, "op": "run", "slot": slot, "device": None, "tag": "night", "run_id": run_id,
+            "token": f"t{run_id}", "description": f"idea {run_id}", "started_at": now - 42, "deadline": now + 78,
+            "budget": 60.0, "log": str(log), "source": "edits", "seed": 0, **info}  # fmt: skip
+    path = state_dir / "slots" / f"{slot}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (a slot it described was left by a dead owner)."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(gone.stdout)

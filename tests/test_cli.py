@@ -150,17 +150,22 @@ def experiment_repo(tmp_path: Path) -> Path:
     return repo
 
 
-@pytest.mark.slow
-def test_demo_runs_the_loop_end_to_end_over_stdio(tmp_path: Path) -> None:
+def prepared_tiny(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh clone with the real experiment, its tiny byte-level dataset prepared; the environment for it."""
     repo = experiment_repo(tmp_path)
-    cache = tmp_path / "cache"
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("the quick brown fox jumps over the lazy dog. " * 4000)
-    env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_DATASET": "tiny-byte", "AUTORESEARCH_MODEL_SIZE": "tiny",
-           "AUTORESEARCH_EVAL_TOKENS": "4096"}  # fmt: skip
+    env = {"AUTORESEARCH_CACHE": str(tmp_path / "cache"), "AUTORESEARCH_DATASET": "tiny-byte",
+           "AUTORESEARCH_MODEL_SIZE": "tiny", "AUTORESEARCH_EVAL_TOKENS": "4096"}  # fmt: skip
     prepared = cli(repo, "prepare", "--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny-byte",
                    env=env)  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
+    return repo, env
+
+
+@pytest.mark.slow
+def test_demo_runs_the_loop_end_to_end_over_stdio(tmp_path: Path) -> None:
+    repo, env = prepared_tiny(tmp_path)
     out = cli(repo, "demo", "--experiments", "3", "--budget", "1", "--out", "progress.png", env=env, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     tag = out.stdout.split("run tag ")[1].split(";")[0]
@@ -169,6 +174,25 @@ def test_demo_runs_the_loop_end_to_end_over_stdio(tmp_path: Path) -> None:
     kept = [run for run in history if run["decision"] == "keep"]
     assert git(repo, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit"]
     assert (repo / "progress.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert git(repo, "branch", "--show-current") == "main" and git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.slow
+def test_demo_with_two_slots_runs_waves_of_candidates_at_once(tmp_path: Path) -> None:
+    repo, env = prepared_tiny(tmp_path)
+    out = cli(repo, "demo", "--slots", "2", "--experiments", "5", "--budget", "1", env=env, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "(slot 0)" in out.stdout and "(slot 1)" in out.stdout  # get_history named both runs in flight
+    tag = out.stdout.split("run tag ")[1].split(";")[0]
+    history = json.loads(cli(repo, "history", "--json", "--tag", tag).stdout)
+    assert len(history) >= 5 and all(run["decision"] in ("keep", "discard") for run in history)
+    wave = history[1:3]  # the first wave: two candidates from the baseline, each in its own slot
+    assert [run["source"] for run in wave] == ["edits", "edits"] and {run["slot"] for run in wave} == {0, 1}
+    assert wave[0]["parent"] == wave[1]["parent"] == history[0]["commit"]
+    assert wave[1]["started_at"] <= wave[0]["ended_at"]  # in flight together
+    assert {run["source"] for run in history[3:]} <= {"edits", "rebase"}
+    kept = [run for run in history if run["decision"] == "keep"]
+    assert git(repo, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit"]
     assert git(repo, "branch", "--show-current") == "main" and git(repo, "status", "--porcelain") == ""
 
 

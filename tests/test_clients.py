@@ -84,3 +84,29 @@ def test_inspector_runs_an_experiment_by_hand(project: Path, tmp_path: Path) -> 
     assert result["structuredContent"]["status"] == "ok"
     history = inspector(project, home, "--method", "tools/call", "--tool-name", "get_history")
     assert history["structuredContent"]["awaiting_decision"] == 1
+
+
+def test_inspector_runs_the_loop_with_a_run_longer_than_its_request_timeout(project: Path, tmp_path: Path) -> None:
+    """Scenario: Clients / the Inspector CLI (a fixed 60 s request timeout, a new server per call) starts a
+    75 s run with wait=false, collects it with get_history(wait_for=...) in calls under 60 s, and keeps it"""
+    home = tmp_path / "home"
+    config = FAKE_CONFIG.replace("time_budget = 1", "time_budget = 75").replace("timeout = 10", "timeout = 150")
+    (project / "autoresearch.toml").write_text(config)
+    (project / "train.py").write_text((project / "train.py").read_text().replace('MODE = "ok"', 'MODE = "sleep"'))
+    git(project, "commit", "-qam", "a run of 75 s")
+    call = ["--method", "tools/call", "--tool-name"]
+    started = inspector(project, home, *call, "run_experiment", "--tool-arg", "description=long", "--tool-arg",
+                        "wait=false")["structuredContent"]  # fmt: skip
+    assert started["status"] == "running" and started["run_id"] == 1
+    polls = 0
+    while True:
+        polls += 1
+        view = inspector(project, home, *call, "get_history", "--tool-arg", "wait_for=[1]", "--tool-arg",
+                         "wait_seconds=40")["structuredContent"]  # fmt: skip
+        (result,) = view["results"]
+        if result["status"] != "running":
+            break
+        assert polls < 6 and view["running"].startswith("run 1 ('long') is running in process")
+    assert result["status"] == "ok" and result["metric"] == 1.0 and polls >= 2
+    kept = inspector(project, home, *call, "keep", "--tool-arg", "run_id=1")["structuredContent"]
+    assert kept["decision"] == "keep" and kept["best_run"] == 1

@@ -46,3 +46,10 @@ def test_a_bad_override_names_the_environment_variable(tmp_path: Path, monkeypat
     monkeypatch.setenv("AUTORESEARCH_TIME_BUDGET", "soon")
     with pytest.raises(ConfigError, match="AUTORESEARCH_TIME_BUDGET: time_budget must be a number above 0"):
         load_config(tmp_path)
+
+
+def test_the_launcher_can_set_the_pool_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "autoresearch.toml").write_text("[autoresearch]\nslots = 1\n")
+    monkeypatch.setenv("AUTORESEARCH_SLOTS", "2")
+    config = load_config(tmp_path)
+    assert config.slot_count == 2 and config.overrides == {"slots": "2"}

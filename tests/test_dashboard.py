@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, dead_pid, write_slot
 from matplotlib.image import imread
 
 from server.dashboard import run_json
@@ -98,7 +98,7 @@ def test_state_lists_every_run_the_best_and_all_tags(dashboard: tuple[str, Any])
     assert status == 200 and state["tag"] == "night" and state["tags"] == ["night", "other"]
     assert [r["id"] for r in state["runs"]] == [1, 2, 3, 4, 5, 6]
     assert [r["outcome"] for r in state["runs"]] == ["keep", "keep", "discard", "crash", "keep", "pending"]
-    assert state["best"] == 5 and state["running"] is None and state["metric"] == "val_bpb"
+    assert state["best"] == 5 and state["running"] == [] and state["metric"] == "val_bpb"
 
 
 def test_state_of_another_tag_and_a_bad_tag(dashboard: tuple[str, Any]) -> None:
@@ -115,15 +115,22 @@ def test_run_detail_gives_the_diff_and_the_log_tail(dashboard: tuple[str, Any]) 
     assert get(dashboard[0] + "/api/runs/99")[0] == 404
 
 
-def test_state_shows_the_run_in_flight_with_its_progress(project: Path, dashboard: tuple[str, Any]) -> None:
-    log = project / ".autoresearch" / "night" / "runs" / "7" / "log.txt"
-    log.parent.mkdir(parents=True)
-    log.write_text("step 00040 (20.0%) | loss 2.750000 | elapsed 12.0s | remaining 48.0s\n")
-    lock = {"pid": os.getpid(), "op": "run", "tag": "night", "run_id": 7, "description": "rmsnorm",
-            "started_at": time.time() - 20, "deadline": time.time() + 600, "budget": 60, "log": str(log)}  # fmt: skip
-    (project / ".autoresearch" / "lock").write_text(json.dumps(lock))
+def runs_in_flight(project: Path) -> None:
+    """Runs 7 and 8 in slots 0 and 1 of a pool, each with a progress line in its log."""
+    state = project / ".autoresearch"
+    for slot, run_id, step in [(0, 7, 40), (1, 8, 12)]:
+        log = state / "night" / "runs" / str(run_id) / "log.txt"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"step {step:05d} (20.0%) | loss 2.750000 | elapsed 12.0s | remaining 48.0s\n")
+        write_slot(state, slot, run_id, log, os.getpid(), description=f"idea {run_id} in flight", device=str(slot))
+
+
+def test_state_lists_every_run_in_flight_with_its_slot_and_progress(project: Path, dashboard: tuple[str, Any]) -> None:
+    runs_in_flight(project)
+    write_slot(project / ".autoresearch", 2, 9, project / "none.txt", dead_pid())  # its owner died: not in flight
     running = get(dashboard[0] + "/api/state")[1]["running"]
-    assert running["run_id"] == 7 and running["step"] == 40 and running["remaining_s"] == 48.0
+    assert [(r["run_id"], r["slot"], r["device"], r["step"]) for r in running] == [(7, 0, "0", 40), (8, 1, "1", 12)]
+    assert running[0]["remaining_s"] == 48.0 and 0 < running[0]["left_s"] <= 78
 
 
 def test_dashboard_listens_on_loopback_only(dashboard: tuple[str, subprocess.Popen[bytes]]) -> None:
@@ -158,6 +165,15 @@ def test_browser_draws_the_best_line_and_a_table_row_per_run(dashboard: tuple[st
     assert re.findall(r'<tr data-id="(\d+)"', dom) == ["6", "5", "4", "3", "2", "1"]
     assert len(re.findall(r'<circle class="pt (?:keep|discard|pending)"', dom)) == 5
     assert 'class="pt crash"' in dom and "idle: no experiment running" in dom
+
+
+def test_browser_shows_a_line_per_run_in_flight(project: Path, dashboard: tuple[str, Any]) -> None:
+    runs_in_flight(project)
+    dom = chromium("--dump-dom", dashboard[0] + "/").stdout.decode()
+    lines = re.findall(r'<div class="flight" data-run="(\d+)">([^<]*)</div>', dom)
+    assert [run for run, _ in lines] == ["7", "8"] and "idle" not in dom.split('id="running"')[1][:40]
+    assert "running #7 (slot 0, GPU 0): idea 7 in flight" in lines[0][1] and "step 40, loss 2.7500" in lines[0][1]
+    assert "running #8 (slot 1, GPU 1)" in lines[1][1] and "left before the deadline" in lines[1][1]
 
 
 def test_browser_screenshot_shows_the_chart_line(dashboard: tuple[str, Any], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, dead_pid, write_slot
 
 from server.history import History, RunRecord, Status
 
@@ -100,6 +100,18 @@ def test_stop_hook_lets_a_stuck_agent_stop_but_not_a_working_one(project: Path) 
     assert stop(project, active=True) is not None  # it ran something since: back to work
 
 
+def test_stop_hook_names_the_runs_in_flight_to_collect(project: Path) -> None:
+    night(project, "start", "8h")
+    state, log = project / ".autoresearch", project / "log.txt"
+    write_slot(state, 0, 7, log, os.getpid())
+    write_slot(state, 1, 8, log, os.getpid())
+    write_slot(state, 2, 9, log, dead_pid())  # its owner died: recovery's business, not in flight
+    write_slot(state, 3, 10, log, os.getpid(), tag="other")
+    decision = stop(project)
+    assert decision is not None and "Runs 7, 8 are still in flight" in decision["reason"]  # not 9, nor 10
+    assert "get_history(wait_for=[7, 8])" in decision["reason"]
+
+
 def test_night_check_exits_one_with_the_reason_once_over(project: Path) -> None:
     assert night(project, "check").returncode == 1
     night(project, "start", "07:00")
@@ -151,12 +163,21 @@ def test_session_start_names_the_run_in_flight_and_its_progress(with_venv: Path)
     log = with_venv / ".autoresearch" / "night" / "runs" / "7" / "log.txt"
     log.parent.mkdir(parents=True)
     log.write_text("compiling\nstep 00012 (4.0%) | loss 3.250000 | elapsed 2.0s | remaining 48.0s\n")
-    lock = {"pid": os.getpid(), "op": "run", "tag": "night", "run_id": 7, "description": "try rmsnorm",
-            "started_at": time.time() - 30, "deadline": time.time() + 600, "budget": 60, "log": str(log)}  # fmt: skip
-    (with_venv / ".autoresearch" / "lock").write_text(json.dumps(lock))
+    write_slot(with_venv / ".autoresearch", 0, 7, log, os.getpid(), description="try rmsnorm")
     context = session_context(with_venv)
-    assert "in flight on tag night: #7 'try rmsnorm'" in context
+    assert "in flight on tag night: #7 'try rmsnorm' (slot 0)" in context
     assert "step 12, loss 3.2500" in context and "48s of training left" in context
+    assert "get_history(wait_for=[7])" in context and "nothing is running" not in context
+
+
+def test_session_start_names_every_run_in_flight_in_the_pool(with_venv: Path) -> None:
+    state = with_venv / ".autoresearch"
+    write_slot(state, 0, 7, state / "absent.txt", os.getpid(), description="wider", device="0")
+    write_slot(state, 1, 8, state / "absent.txt", os.getpid(), description="deeper", device="1")
+    write_slot(state, 2, 9, state / "absent.txt", dead_pid(), description="left by a dead owner")
+    context = session_context(with_venv)
+    assert "#7 'wider' (slot 0, GPU 0)" in context and "#8 'deeper' (slot 1, GPU 1)" in context
+    assert "dead owner" not in context and "get_history(wait_for=[7, 8])" in context
 
 
 def test_session_start_says_what_to_do_when_the_venv_is_missing(project: Path) -> None:

@@ -159,7 +159,7 @@ def test_run_that_ignores_sigterm_is_killed(repo: Path, monkeypatch: pytest.Monk
     active = lab.start_run("stubborn")
     run = lab.finish_run(active)
     assert run.status == "timeout"
-    assert not psutil.pid_exists(active.execution.pid)
+    assert not psutil.pid_exists(active.process.pid)
 
 
 def test_child_that_leaves_the_process_group_is_killed(lab: Lab) -> None:

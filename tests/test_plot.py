@@ -6,13 +6,14 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from PIL import Image
 
 from server.history import Decision, History, RunRecord
-from server.plot import _crashes, chart_title, plot_progress, running_best
+from server.plot import _crashes, _running, chart_title, plot_progress, running_best
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -76,7 +77,7 @@ def test_running_best_follows_direction(tmp_path: Path) -> None:
     assert running_best(runs) == [(1, 2.60), (2, 2.55), (5, 2.50)]
     assert running_best(runs, "maximize") == [(1, 2.60), (2, 2.60), (5, 2.60)]
     title = chart_title(runs, 2.5)
-    assert title == "7 experiments, 3 kept, 1 discarded, 1 crashed — best 2.5000"
+    assert title == "7 experiments, 3 kept, 1 discarded, 1 crashed, 1 running — best 2.5000"
     assert_png(plot_progress(runs, tmp_path / "max.png", metric="accuracy", direction="maximize"))
 
 
@@ -96,3 +97,15 @@ def test_a_failed_run_with_a_metric_is_still_marked(tmp_path: Path) -> None:
     _crashes(ax, [run])
     assert len(ax.collections) == 1
     assert chart_title([run], None) == "1 experiment, 0 kept, 0 discarded, 0 crashed, 1 over budget"
+
+
+def test_runs_in_flight_are_marked_apart_from_crashes(tmp_path: Path) -> None:
+    runs = make_history(tmp_path)
+    ax = Figure().add_subplot()
+    _crashes(ax, runs)
+    _running(ax, runs)
+    crashes, flying = ax.collections
+    assert np.asarray(crashes.get_offsets())[:, 0].tolist() == [4] and np.asarray(flying.get_offsets())[
+        :, 0
+    ].tolist() == [7]
+    assert flying.get_label() == "running"

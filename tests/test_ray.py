@@ -28,6 +28,7 @@ from conftest import (
 
 from server import runner as local_runner
 from server.config import Config, load_config
+from server.edits import Edit
 from server.errors import ConfigError
 from server.loop import ActiveRun, Lab
 from server.ray_runner import RayExecution, RayRunner, connect, runner_for
@@ -344,3 +345,20 @@ def test_the_real_experiment_trains_and_is_scored_on_ray_workers(cluster: None, 
     assert (run_dir / "eval-val" / "result.json").is_file() and "timed training ends" in (
         run_dir / "log.txt"
     ).read_text()
+
+
+def test_two_slots_run_two_candidates_at_once_as_two_gpu_tasks(cluster: None, tmp_path: Path) -> None:
+    """Scenario: Pool / with runner = "ray" and two slots, two candidates are two tasks holding one GPU each,
+    in flight at the same time, each scored"""
+    config = RAY_CONFIG.replace("time_budget = 1", "time_budget = 3").replace("timeout = 10", "timeout = 30")
+    repo = make_fake_repo(tmp_path / "repo", config + "slots = 2\n")
+    lab = Lab(repo, load_config(repo))
+    lab.write(set_mode("sleep", 1.0))
+    lab.keep(lab.run("baseline").id)
+    actives = [lab.start_run(f"c{i}", edits=[Edit("METRIC = 1.0", f"METRIC = 0.{8 + i}")]) for i in range(2)]
+    for active in actives:
+        started(active)
+    assert until(lambda: gpus_free() == 0.0, 10), "each run should hold one GPU, at the same time"
+    runs = [lab.drive(active) for active in actives]
+    assert [(r.status, r.metric, r.slot) for r in runs] == [("ok", 0.8, 0), ("ok", 0.9, 1)]
+    assert until(lambda: gpus_free() == 2.0)

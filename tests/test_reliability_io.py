@@ -65,11 +65,18 @@ WHILE_PENDING: list[Case] = [
     ("keep", {"force": True}, "needs a reason"),
     ("run_experiment", {"description": "again"}, "awaits a decision"),
     ("write_train", {"content": "x = 1\n"}, "awaits a decision"),
+    ("run_experiment", {"description": "c", "edits": [{"old": "NOT THERE", "new": "x"}]}, "matches nothing"),
+    ("run_experiment", {"description": "c", "rebase": 99}, "no run 99 to rebase"),
+    ("run_experiment", {"description": "c", "rebase": 1}, "already started from the current best"),
+    ("run_experiment", {"description": "c", "wait": "later"}, "valid boolean"),
+    ("get_history", {"wait_for": [99]}, "there is no run 99"),
+    ("get_history", {"wait_for": [1], "wait_seconds": -1}, "greater than or equal to 0"),
 ]
 AFTER_KEEP: list[Case] = [
     ("keep", {}, "already kept"),
     ("discard", {}, "already kept"),
     ("keep", {"run_id": 1}, "already kept"),
+    ("run_experiment", {"description": "c", "rebase": 1}, "was already kept"),
 ]
 
 
@@ -100,7 +107,9 @@ async def test_bad_input_to_every_tool_is_a_tool_error_and_changes_nothing(
         assert not (await client.call_tool("keep", {})).is_error
         await refused_without_change(client, repo, AFTER_KEEP)
         assert not (await client.call_tool("run_experiment", {"description": "equal"})).is_error
-        await refused_without_change(client, repo, [("keep", {}, "not better"), ("keep", {"run_id": 1}, "earlier")])
+        await refused_without_change(
+            client, repo, [("keep", {}, "not better"), ("keep", {"run_id": 1}, "already kept")]
+        )
 
 
 @pytest.mark.anyio

@@ -85,7 +85,7 @@ def test_n_parallel_runs_take_about_one_runs_time(tmp_path: Path, slots: int) ->
     assert [r.metric for r in runs] == pytest.approx([1.0 - 0.1 * (i + 1) for i in range(slots)])
     assert many < 1.6 * one, f"{slots} runs in parallel took {many:.1f}s, one alone {one:.1f}s"
     assert most_at_once(intervals(runs)) == slots
-    assert sorted(r.slot for r in runs) == list(range(slots))
+    assert sorted(r.slot or 0 for r in runs) == list(range(slots))
 
 
 def test_never_more_runs_than_slots_and_a_freed_slot_is_reused(tmp_path: Path) -> None:
@@ -120,8 +120,9 @@ def test_decisions_in_any_order_and_keep_only_against_the_best_a_run_started_fro
     third is refused (the best moved) with the one call that re-runs its edits on the new best"""
     lab = pool(tmp_path, 3)
     lab.keep(lab.run("baseline").id)
-    a, b, c = drive_all(lab, [lab.start_run("a", edits=[Edit("main(MODE, METRIC)", "main(MODE, METRIC * 0.95)")]),
-                              lab.start_run("b", edits=[Edit("from prepare import main", "from prepare import main  # b")]),
+    scaled = [Edit("main(MODE, METRIC)", "main(MODE, METRIC * 0.95)")]
+    comment = [Edit("from prepare import main", "from prepare import main  # b")]
+    a, b, c = drive_all(lab, [lab.start_run("a", edits=scaled), lab.start_run("b", edits=comment),
                               lab.start_run("c", edits=candidate(0.7))])  # fmt: skip
     with pytest.raises(StateError, match=r"runs 2, 3, 4 await a decision; give run_id"):
         lab.keep()

@@ -107,3 +107,29 @@ async def test_client_that_goes_away_mid_run_leaves_no_experiment_behind(repo: P
     assert not alive
     run = Lab(repo, load_config(repo)).history.runs()[-1]  # a restart records what the stop left open
     assert run.status in ("cancelled", "interrupted")
+
+
+async def test_a_wave_of_candidates_over_stdio(repo: Path) -> None:
+    """Scenario: Pool / over MCP: two candidates as edits with wait=false on two slots, collected with
+    get_history(wait_for=...), kept and discarded in any order; the draft is never touched"""
+    (repo / "autoresearch.toml").write_text((repo / "autoresearch.toml").read_text() + "slots = 2\n")
+    git(repo, "commit", "-qam", "two slots")
+    draft = (repo / "train.py").read_text()
+    async with Client(server_params(repo)) as client:
+        await call(client, "run_experiment", description="baseline")
+        await call(client, "keep")
+        ids = []
+        for metric in ("0.8", "0.9"):
+            started = await call(client, "run_experiment", description=f"to {metric}", wait=False,
+                                 edits=[{"old": "METRIC = 1.0", "new": f"METRIC = {metric}"}])  # fmt: skip
+            assert started["status"] == "running"
+            ids.append(started["run_id"])
+        view = await call(client, "get_history", wait_for=ids, wait_seconds=60)
+        assert [(r["run_id"], r["status"], r["metric"]) for r in view["results"]] == [(2, "ok", 0.8), (3, "ok", 0.9)]
+        assert view["awaiting"] == [2, 3] and (repo / "train.py").read_text() == draft
+        refused = await client.call_tool("keep", {})
+        assert refused.is_error and "runs 2, 3 await a decision; give run_id" in str(refused.content)
+        await call(client, "discard", run_id=3)
+        await call(client, "keep", run_id=2)
+    assert tip(repo) == git(repo, "rev-parse", "refs/autoresearch/test/2")
+    assert "METRIC = 0.8" in (repo / "train.py").read_text()  # the clean draft followed the new best

@@ -121,3 +121,22 @@ def test_each_failed_status_is_counted_under_its_own_name(tmp_path: Path) -> Non
 
 def test_one_run_is_not_runs(tmp_path: Path) -> None:
     assert title(make_history(tmp_path, 1)).startswith("1 run, 0 kept")
+
+
+def table_text(runs: list[RunRecord]) -> str:
+    console = Console(record=True, width=160, file=io.StringIO())
+    console.print(render_table(runs))
+    return console.export_text()
+
+
+def test_a_pool_of_slots_adds_a_slot_column_and_runs_in_flight_show_as_running(tmp_path: Path) -> None:
+    runs = make_history(tmp_path, 3)
+    alone = table_text(runs)
+    assert "slot" not in alone.splitlines()[2] and "running" not in alone
+    pooled = [run.model_copy(update={"slot": run.id % 2}) for run in runs]
+    flying = RunRecord(id=4, commit="4" * 7, parent="p", description="in flight", slot=1)
+    table = render_table([*pooled, flying])
+    assert [column.header for column in table.columns][-2:] == ["slot", "description"]
+    assert list(table.columns[-2].cells) == ["1", "0", "1", "1"] and table.rows[-1].style == "yellow"
+    text = table_text([*pooled, flying])
+    assert "3 running" not in text and "1 running" in text and "running " in text.splitlines()[-2]

@@ -5,18 +5,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from conftest import dead_pid, write_slot
 from rich.console import Console
 
 from server.history import History, RunRecord
-from server.watch import LOG_TAIL_BYTES, render_frame, tail_text, watch
+from server.watch import LOG_TAIL_BYTES, _signature, render_frame, tail_text, watch
 
 TAG = "default"
 
@@ -36,20 +35,9 @@ def add_run(state_dir: Path, run_id: int, metric: float | None, decision: str, d
     history.decide(run_id, "keep" if decision == "keep" else "discard")
 
 
-def write_lock(state_dir: Path, log: Path, pid: int, op: str = "run") -> None:
-    now = time.time()
-    lock = {
-        "pid": pid,
-        "op": op,
-        "tag": TAG,
-        "run_id": 3,
-        "description": "try rotary embeddings",
-        "started_at": now - 42,
-        "deadline": now + 78,
-        "budget": 60.0,
-        "log": str(log),
-    }
-    (state_dir / "lock").write_text(json.dumps(lock))
+def write_lock(state_dir: Path, log: Path, pid: int, op: str = "run", slot: int = 0, run_id: int = 3) -> None:
+    """Slot `slot` describing run `run_id` (the pool's slot file: op, pid, run, timing and log)."""
+    write_slot(state_dir, slot, run_id, log, pid, op=op, tag=TAG, description="try rotary embeddings")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 8.0) -> bool:
@@ -86,16 +74,35 @@ def test_frame_shows_the_running_experiment(tmp_path: Path) -> None:
     assert "elapsed 0:42" in text and "left before the deadline" in text
 
 
-def test_frame_is_idle_for_other_ops_and_stale_locks(tmp_path: Path) -> None:
+def test_frame_shows_a_panel_per_run_in_flight_with_its_slot(tmp_path: Path) -> None:
+    logs = []
+    lines = ["step 42 | loss 3.712345 | remaining 47.7s", "step 7 | loss 5.250000 | remaining 55.0s"]
+    for slot, line in enumerate(lines):
+        logs.append(tmp_path / f"log{slot}.txt")
+        logs[-1].write_text(line + "\n")
+    write_slot(tmp_path, 0, 3, logs[0], os.getpid(), tag=TAG, description="rotary embeddings", device="0")
+    write_slot(tmp_path, 1, 4, logs[1], os.getpid(), tag=TAG, description="wider MLP", device="1")
+    text = text_of(tmp_path)
+    assert "running · slot 0 · GPU 0" in text and "running · slot 1 · GPU 1" in text
+    assert text.index("#3") < text.index("rotary embeddings") < text.index("step 42, loss 3.7123") < text.index("#4")
+    assert "wider MLP" in text and "step 7, loss 5.2500" in text and text.count("left before the deadline") == 2
+    assert "idle" not in text
+
+
+def test_frame_is_idle_for_other_ops_and_dead_owners(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
     log.write_text("step 42 | loss 3.7 | elapsed 1s\n")
-    write_lock(tmp_path, log, os.getpid(), op="reset")
+    write_lock(tmp_path, log, os.getpid(), op="sweep")
     assert "idle" in text_of(tmp_path) and "step 42" not in text_of(tmp_path)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_lock(tmp_path, log, int(gone.stdout))
-    assert "stale lock" in text_of(tmp_path)
-    (tmp_path / "lock").write_text("")
+    write_lock(tmp_path, log, dead_pid())
+    assert "idle" in text_of(tmp_path) and "step 42" not in text_of(tmp_path)
+    (tmp_path / "slots" / "0.lock").write_text("")
     assert "idle" in text_of(tmp_path) and "no runs yet" in text_of(tmp_path)
+
+
+def test_a_run_on_the_old_repository_lock_is_not_shown(tmp_path: Path) -> None:
+    (tmp_path / "lock").write_text(json.dumps({"pid": os.getpid(), "op": "run", "run_id": 3, "description": "x"}))
+    assert "idle" in text_of(tmp_path)
 
 
 def test_frame_without_a_state_folder(tmp_path: Path) -> None:
@@ -160,3 +167,22 @@ def test_watch_live_and_once(tmp_path: Path) -> None:
     once = io.StringIO()
     assert watch(tmp_path, TAG, Console(file=once, width=120), once=True) == 1
     assert "live baseline" in once.getvalue()
+
+
+def test_watch_redraws_when_a_run_starts_in_a_second_slot(tmp_path: Path) -> None:
+    add_run(tmp_path, 1, 2.6, "keep", "the baseline run")
+    log = tmp_path / "log.txt"
+    log.write_text("compiling\n")
+    write_lock(tmp_path, log, os.getpid(), slot=0, run_id=2)
+    with watching(tmp_path) as (out, _, _):
+        assert wait_for(lambda: "running · slot 0" in out.getvalue())
+        time.sleep(0.3)
+        write_lock(tmp_path, log, os.getpid(), slot=1, run_id=3)
+        assert wait_for(lambda: "running · slot 1" in out.getvalue())
+
+
+def test_a_slot_file_that_changes_changes_what_the_view_compares(tmp_path: Path) -> None:
+    """The fallback for missed file events: a run starting in any slot makes the next frame differ."""
+    before = _signature(tmp_path, TAG)
+    write_lock(tmp_path, tmp_path / "log.txt", os.getpid(), slot=1)
+    assert _signature(tmp_path, TAG) != before

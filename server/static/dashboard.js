@@ -1,4 +1,4 @@
-// The autoresearch dashboard: polls /api/state and redraws the chart (inline SVG), the table and the run in
+// The autoresearch dashboard: polls /api/state and redraws the chart (inline SVG), the table and the runs in
 // flight. Plain JS and no CDN: the machine running the search may be offline.
 "use strict";
 
@@ -134,17 +134,32 @@ function drawTable(state) {
   }
 }
 
+// One line per run in flight (a pool runs several at once), or a single idle line.
 function drawRunning(state) {
   const box = document.getElementById("running");
-  const run = state.running;
-  box.className = run ? "active" : "idle";
-  if (!run) { box.textContent = "idle: no experiment running"; return; }
-  const parts = [`running #${run.run_id}${run.tag && run.tag !== state.tag ? " on tag " + run.tag : ""}: ${run.description}`];
+  const runs = state.running || [];
+  box.className = runs.length ? "active" : "idle";
+  if (!runs.length) { box.textContent = "idle: no experiment running"; return; }
+  box.replaceChildren(...runs.map(run => {
+    const line = document.createElement("div");
+    line.className = "flight";
+    line.dataset.run = run.run_id;
+    line.textContent = runningText(state, run);
+    return line;
+  }));
+}
+
+function runningText(state, run) {
+  const where = [run.slot !== null && run.slot !== undefined ? `slot ${run.slot}` : "",
+                 run.device !== null && run.device !== undefined ? `GPU ${run.device}` : ""].filter(Boolean);
+  const parts = [`running #${run.run_id}${run.tag && run.tag !== state.tag ? " on tag " + run.tag : ""}` +
+                 `${where.length ? " (" + where.join(", ") + ")" : ""}: ${run.description}`];
   if (finite(run.elapsed_s)) parts.push(`elapsed ${clock(run.elapsed_s)}`);
+  if (finite(run.left_s)) parts.push(run.left_s > 0 ? `${clock(run.left_s)} left before the deadline` : "past its deadline");
   if (run.step !== null && finite(run.loss)) parts.push(`step ${run.step}, loss ${run.loss.toFixed(4)}`);
   if (finite(run.remaining_s)) parts.push(`${Math.round(run.remaining_s)}s of training left`);
   else if (run.last_line) parts.push(`log: ${run.last_line}`);
-  box.textContent = parts.join(" · ");
+  return parts.join(" · ");
 }
 
 function drawHeader(state) {
