@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from labrepo import GIT_ENV, fake_repo, git, real_repo, tiny_dataset
+from labrepo import GIT_ENV, fake_repo, real_repo, tiny_dataset
 from report import fmt, summarize, table
 
 from server.config import load_config
@@ -48,7 +48,7 @@ class Recording(RayRunner):
 def timed_run(lab: Lab, runner: Runner, description: str) -> tuple[float, str]:
     lab.runner = runner
     began = time.perf_counter()
-    run = lab.run(description)
+    run = lab.run(description, duplicate_reason="the benchmark repeats the same code")
     seconds = time.perf_counter() - began
     lab.discard()
     return seconds, run.status
@@ -77,12 +77,7 @@ def measure(lab: Lab, pairs: int) -> dict[str, Any]:
 
 def run_case(case: str, work: Path, pairs: int, budget: float) -> dict[str, Any]:
     if case == "sleep":
-        repo = fake_repo(work / case, "sleep", budget)
-        config = repo.path / "autoresearch.toml"  # the fake prints its own metric: the old contract
-        config.write_text(
-            config.read_text().replace("[autoresearch]\n", '[autoresearch]\ncontract = "self-reported"\n')
-        )
-        git(repo.path, "commit", "-qam", "self-reported")
+        repo = fake_repo(work / case, "sleep", budget)  # the fake prints its own metric: self-reported
     else:
         repo = real_repo(work / case, tiny_dataset(work / "data"), budget, tiny=True, eval_tokens=4096)
     lab = Lab(repo.path, load_config(repo.path), runner=LocalRunner())

@@ -198,3 +198,36 @@ def sandbox(r: dict[str, Any]) -> str:
             ["runs scored `ok`", fmt(v["ok"], 2)],
         ]),
     ])  # fmt: skip
+
+
+def pool(r: dict[str, Any]) -> str:
+    header = ["runner", "slots", "experiments/h", "limit N·3600/budget", "ratio to N × 1 slot",
+              f"target ≥ {r['target_ratio']:g}", "wave s", "slowest start_run s", "all started after s",
+              "decisions after the last record s", "runs `ok`"]  # fmt: skip
+    rows = []
+    for runner, by_slots in r["pool"].items():
+        for n, p in by_slots.items():
+            rows.append([runner, n, fmt(p["per_hour"], 0), f"{p['limit_per_hour']:.0f}", fmt(p["ratio"]),
+                         verdict(p["met"]), fmt(p["seconds"]), fmt(p["start_each"]), fmt(p["all_started"]),
+                         fmt(p["decisions_after"]), fmt(p["ok"], 2)])  # fmt: skip
+    parts = [
+        f"## 7. Parallel slots: experiments per hour with 1, 2 and 4 slots ({r['budget_s']:g} s budget)",
+        "The test suite's fake experiment sleeping through its budget (almost no CPU: the ratio measures the "
+        "server's parallelism, not the 2 cores), on a Lab with N slots. A wave starts N candidates (edits against "
+        "the best) one after another, drives each to its end and discards it in a thread of its own; its wall "
+        "time runs from the first start to the last decision. Waves of every runner and N interleaved round by "
+        f"round, {r['waves']} counted after one warm-up each. Ratio: a wave's rate over N times the median "
+        f"single-slot rate of the same runner; target ≥ {r['target_ratio']:g}. Ray: a cluster started on this "
+        f"machine with logical resources {r.get('ray_cluster', {})}, each run a task asking for 1 GPU, 1 CPU.",
+        table(header, rows),
+    ]
+    if "ray_overhead" in r:
+        o = r["ray_overhead"]
+        parts.append(f"What Ray adds to one run (bench/ray_bench.py's sleep case, {o['added']['n']:g} interleaved "
+                     f"pairs after a warm-up pair, the same Lab with LocalRunner and RayRunner, seconds):\n\n"
+                     + table(["local", "ray", "added (pairwise)", "submit to start", "stream delay (median)"],
+                             [[fmt(o["local"]), fmt(o["ray"]), fmt(o["added"]), fmt(o["to_start"]),
+                               fmt(o["stream_delay_median"], 4)]]))  # fmt: skip
+    else:
+        parts.append(f"Ray: not measured ({r.get('ray_skipped', 'skipped')}).")
+    return "\n\n".join(parts)

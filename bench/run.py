@@ -3,6 +3,7 @@
     python bench/run.py            # full: about 15-30 minutes on 2 CPU cores; writes bench/RESULTS.md
     python bench/run.py --quick    # tiny setting, for the smoke test; writes bench/out/quick/
     python bench/run.py --only overhead context --merge   # re-measure two parts, keep the others' figures
+    python bench/run.py --only pool --merge   # parallel slots, locally and through Ray (about 5 minutes)
 
 Writes RESULTS.md and results.json: a full run into bench/ (the committed figures), a quick one into
 bench/out/quick/ (ignored by git), either into --out when given. Every part's figures carry their own
@@ -24,13 +25,14 @@ from typing import Any
 
 import context
 import overhead
+import pool
 import render
 import sandbox
 import throughput
 from labrepo import PYTHON, ROOT
 from report import git_state, machine
 
-PARTS = ["overhead", "throughput", "context", "quality", "data", "sandbox"]
+PARTS = ["overhead", "throughput", "context", "quality", "data", "sandbox", "pool"]
 BENCH = Path(__file__).parent
 QUICK_OUT = BENCH / "out" / "quick"  # quick figures are for smoke tests: never over the committed ones by default
 EXTERNAL = {"quality": ("bench_quality.py", "4. Baseline quality"), "data": ("bench_data.py", "5. Data pipeline")}
@@ -67,13 +69,15 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
         return context.run(args.quick)
     if part == "sandbox":
         return sandbox.run(args.quick)
+    if part == "pool":
+        return pool.run(args.quick, args.pool_budget, args.pool_waves)
     return external(part, args.quick, args.out)
 
 
 def markdown(res: dict[str, Any]) -> str:
     parts = [render.header(res)]
     drawn = (("overhead", render.overhead), ("throughput", render.throughput), ("context", render.context),
-             ("sandbox", render.sandbox))  # fmt: skip
+             ("sandbox", render.sandbox), ("pool", render.pool))  # fmt: skip
     for name, draw in drawn:
         if name in res:
             body = f"## {name}\n\nFailed: {res[name]['error']}" if "error" in res[name] else draw(res[name])
@@ -96,6 +100,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "each with its own commit and settings")  # fmt: skip
     p.add_argument("--iterations", type=int, help="throughput iterations (default 3; quick 1)")
     p.add_argument("--budget", type=float, help="throughput budget in seconds (default 60; quick 1)")
+    p.add_argument("--pool-budget", type=float, help="pool: the sleep experiment's budget (default 5; quick 1)")
+    p.add_argument("--pool-waves", type=int, help="pool: waves counted per runner and slot count (default 5; quick 1)")
     args = p.parse_args(argv)
     args.out = args.out or (QUICK_OUT if args.quick else BENCH)
     return args
@@ -104,7 +110,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def provenance(args: argparse.Namespace, load_start: float) -> dict[str, Any]:
     """Where one part's figures come from: enough to tell them apart from any other part's after a --merge."""
     commit, dirty = git_state(ROOT)
-    settings = {"quick": args.quick, "iterations": args.iterations, "budget": args.budget}
+    settings = {"quick": args.quick, "iterations": args.iterations, "budget": args.budget,
+                "pool_budget": args.pool_budget, "pool_waves": args.pool_waves}  # fmt: skip
     command = " ".join(["python bench/run.py", *args.argv])
     return {"commit": commit, "dirty": dirty, "settings": settings, "machine": machine(ROOT),
             "load": [load_start, os.getloadavg()[0]], "command": command}  # fmt: skip
