@@ -134,12 +134,15 @@ class Lab:
                 and isinstance(info.get("run_id"), int)}  # fmt: skip
         for run in self.history.runs():
             if run.status == "running" and run.id not in live:
-                log.warning("run %d has no live owner (runs in flight: %s); recording it interrupted", run.id,
-                            sorted(live) or "none")  # fmt: skip
-                reason = "the server stopped, or could not record the run's end; its processes were killed on restart"
-                ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
-                self.history.record(ended, "end")
-                shutil.rmtree(self.history.run_dir(run.id) / "tree", ignore_errors=True)
+                log.warning("run %d has no live owner (runs in flight: %s)", run.id, sorted(live) or "none")
+                self._interrupt(run)
+
+    def _interrupt(self, run: RunRecord) -> None:
+        """Record a run whose owner died as interrupted (its processes are already killed)."""
+        reason = "the server stopped, or could not record the run's end; its processes were killed on restart"
+        ended = run.model_copy(update={"status": "interrupted", "reason": reason, "ended_at": now()})
+        self.history.record(ended, "end")
+        shutil.rmtree(self.history.run_dir(run.id) / "tree", ignore_errors=True)
 
     def _start_tag(self) -> None:
         """First use of a tag: branch autoresearch/<tag> at HEAD, HEAD on it, locked files pinned."""
@@ -362,6 +365,9 @@ class Lab:
             killed = kill_by_token(str(stale["token"]))
             log.warning("slot %d: killed %d process(es) of run %s of a dead owner", slot.index, killed,
                         stale.get("run_id"))  # fmt: skip
+            run = self.history.get(stale["run_id"]) if isinstance(stale.get("run_id"), int) else None
+            if run is not None and run.status == "running" and stale.get("tag") == self.config.tag:
+                self._interrupt(run)  # its owner let the slot go only by dying (it died since the recovery)
         return slot
 
     def _extend(self, pending: RunRecord, repeats: int, pinned: dict[str, str]) -> ActiveRun:
