@@ -1077,19 +1077,23 @@ def evaluate_main(model_path: Path, result_path: Path, split: str, go_file: Path
     rows = eval_rows(split, eval_tokens)
     if go_file is not None and not wait_for(go_file):
         return 0
-    t0 = time.time()
+    laps = [time.time()]  # the go, then the end of each stage: load, contract check, scoring
     try:
         model = load_model(model_path)
+        laps.append(time.time())
         check_contract(model, rows, int(meta["vocab_size"]), device)
+        laps.append(time.time())
         with eval_autocast(device):
             bpb = evaluate_bpb(model, batch_size, rows, device)
+        laps.append(time.time())
         scored = min(eval_tokens, len(load_split(dataset_dir(), split)))
-        result = {"status": "ok", "bpb": bpb, "tokens": scored}
+        stages = {name: round(b - a, 3) for name, a, b in zip(("load", "check", "score"), laps, laps[1:])}
+        result = {"status": "ok", "bpb": bpb, "tokens": scored, "stage_seconds": stages}
     except BadModel as exc:
         result = {"status": "bad_model", "reason": str(exc)}
     except Exception as exc:  # the graph failed to load or to run: the model's fault, said in one line
         result = {"status": "bad_model", "reason": f"the model failed to load or run: {export_reason(exc)}"}
-    result.update(split=split, eval_seconds=round(time.time() - t0, 3), device=str(get_device()))
+    result.update(split=split, eval_seconds=round(time.time() - laps[0], 3), device=str(get_device()))
     atomic_write_json(result_path, result)
     print(json.dumps(result), flush=True)
     return 0
