@@ -1087,7 +1087,7 @@ def evaluate_main(model_path: Path, result_path: Path, split: str, go_file: Path
             bpb = evaluate_bpb(model, batch_size, rows, device)
         laps.append(time.time())
         scored = min(eval_tokens, len(load_split(dataset_dir(), split)))
-        stages = {name: round(b - a, 3) for name, a, b in zip(("load", "check", "score"), laps, laps[1:])}
+        stages = dict(zip(("load", "check", "score"), np.diff(laps).round(3).tolist(), strict=True))
         result = {"status": "ok", "bpb": bpb, "tokens": scored, "stage_seconds": stages}
     except BadModel as exc:
         result = {"status": "bad_model", "reason": str(exc)}
