@@ -95,7 +95,23 @@ def throughput(r: dict[str, Any]) -> str:
         ]),
         "Where an iteration goes (seconds; share of the median iteration):",
         table(["phase", "seconds", "share"], rows),
+        *_eval_stages(r.get("eval_stages", {})),
     ])  # fmt: skip
+
+
+EVAL_STAGES = {"load": "load the model (archive checks, deserialising)", "check": "contract check (probes)",
+               "score": "scoring (forward passes, bits per byte)"}  # fmt: skip
+
+
+def _eval_stages(stages: dict[str, Any]) -> list[str]:
+    """The evaluator's own clock on its stages, for the validation split and the holdout (scored by keep)."""
+    rows = [[f"{split}: {label}", fmt(stages[f"{split}_{key}"])] for split in ("val", "holdout")
+            for key, label in EVAL_STAGES.items() if f"{split}_{key}" in stages]  # fmt: skip
+    if not rows:
+        return []
+    return ["Inside the evaluator, after the server's word (its own clock; the rest of an evaluation is the "
+            "process's start and exit, and for the holdout the imports of a cold start):",
+            table(["stage", "seconds"], rows)]  # fmt: skip
 
 
 def _side(s: dict[str, int]) -> str:

@@ -9,6 +9,7 @@ records), and the keep/discard call and the client's gap.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -36,6 +37,19 @@ def _iteration(record: dict[str, Any], call_s: float, decision_s: float, cycle: 
     return {**phases, "cycle": cycle, "ok": float(record.get("status") == "ok")}
 
 
+def eval_stages(run_dir: Path) -> dict[str, float]:
+    """The evaluator's own clock on each split it scored: loading the model, the contract check, scoring."""
+    stages = {}
+    for split in ("val", "holdout"):
+        try:
+            result = json.loads((run_dir / f"eval-{split}" / "result.json").read_text())
+        except (OSError, ValueError):
+            continue
+        for name, seconds in result.get("stage_seconds", {}).items():
+            stages[f"{split}_{name}"] = float(seconds)
+    return stages
+
+
 async def measure(repo: BenchRepo, iterations: int) -> list[dict[str, float]]:
     calls: list[tuple[int, float, float, float]] = []  # run id, call seconds, decision seconds, call start
     async with Client(repo.server_params()) as client:
@@ -49,7 +63,8 @@ async def measure(repo: BenchRepo, iterations: int) -> list[dict[str, float]]:
             calls.append((int(run.data["run_id"]), run.seconds, decision.seconds, started))
     done = records(repo)
     ends = [c[3] for c in calls[1:]] + [started]  # an iteration ends where the next call starts
-    return [_iteration(done[run_id], call_s, decision_s, end - start)
+    runs = repo.path / ".autoresearch" / "bench" / "runs"
+    return [{**_iteration(done[run_id], call_s, decision_s, end - start), **eval_stages(runs / str(run_id))}
             for (run_id, call_s, decision_s, start), end in zip(calls, ends, strict=True)]  # fmt: skip
 
 
@@ -65,6 +80,8 @@ def import_seconds(repeats: int) -> dict[str, float]:
 
 def report(rows: list[dict[str, float]], budget: float) -> dict[str, Any]:
     figures = {key: summarize([r[key] for r in rows]) for key in [*PHASES, "cycle", "ok"]}
+    stages = sorted({key for r in rows for key in r if key.startswith(("val_", "holdout_"))})
+    figures["eval_stages"] = {key: summarize([r[key] for r in rows if key in r]) for key in stages}
     percent = summarize([100 * budget / r["cycle"] for r in rows])
     per_hour = summarize([3600 / r["cycle"] for r in rows])
     return {"budget_s": budget, "iterations": len(rows), "limit_per_hour": 3600 / budget,

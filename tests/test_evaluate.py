@@ -176,6 +176,21 @@ def test_wrong_output_and_nan_are_refused(prepare: ModuleType, tmp_path: Path) -
     assert nan["status"] == "bad_model" and "not finite" in nan["reason"]
 
 
+def test_the_contract_comparisons_agree_with_torch(prepare: ModuleType) -> None:
+    """The evaluator's own finiteness and closeness checks (cheaper than torch's) give torch's answers."""
+    want = torch.randn(3, 16, 8)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = want.clone()
+        broken[1, 5, 2] = bad
+        assert prepare._finite(broken) is False and bool(torch.isfinite(broken).all()) is False
+        assert prepare._close(broken, want) is False and not torch.allclose(broken, want, atol=1e-4, rtol=1e-4)
+    assert prepare._finite(want) and prepare._finite(want[:, :0])
+    for scale in (0.0, 5e-5, 1e-4 * 0.99, 1e-4 * 1.5, 1e-2):
+        got = want + scale * (1 + want.abs())
+        assert prepare._close(got, want) == torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not prepare._close(want[:1], want)  # a different shape is never close, even where it broadcasts
+
+
 def rewrite(path: Path, change: Any) -> Path:
     """A copy of an archive with one member's JSON changed by change(name, data) -> data."""
     out = path.with_name("crafted.pt2")
