@@ -1046,16 +1046,6 @@ def eval_autocast(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
-def warm_loader() -> None:
-    """The rest of the loader's imports: the first shape expression it reads imports the tracer and more
-    (symbolic_shapes.uninteresting_files, about 0.5 s), which a warm evaluator does before the wait."""
-    from torch.fx.experimental import symbolic_shapes
-
-    warm = getattr(symbolic_shapes, "uninteresting_files", None)
-    if warm is not None:
-        warm()
-
-
 def wait_for(go_file: Path) -> bool:
     """A warm evaluator (started with the run, imports done) waits for the server's word: True to score
     the model, False when the run earned no evaluation."""
@@ -1067,8 +1057,6 @@ def wait_for(go_file: Path) -> bool:
 def evaluate_main(model_path: Path, result_path: Path, split: str, go_file: Path | None = None) -> int:
     """Score a handed-over model and write {"status", "bpb" | "reason", ...} to result_path."""
     import torch.export.pt2_archive._package  # noqa: F401  # the loader's imports, done before the wait
-
-    warm_loader()
 
     eval_tokens = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", EVAL_TOKENS))
     meta, device = load_meta(), get_device()
