@@ -11,6 +11,7 @@ PHASE_LABELS = {  # from the server's record of each run: its clock on the run's
     "training": "timed training (the budget, on the server's clock)",
     "handover": "hand-over: the end of training to the process's exit (torch.export of the model)",
     "evaluation": "evaluation: the server's word to the warm evaluator until its result",
+    "holdout": "holdout: the same evaluator, when the run beat the best (keep then finds it ready)",
     "server_rest": "the rest of the call: commit, snapshot, sandbox set-up, records, reply",
     "decision": "the keep/discard call",
     "client_gap": "client between calls (rest)",
@@ -78,7 +79,7 @@ def _share(part: dict[str, Any], whole: dict[str, Any]) -> str:
 
 
 def throughput(r: dict[str, Any]) -> str:
-    rows = [[PHASE_LABELS[k], fmt(r[k]), _share(r[k], r["cycle"])] for k in PHASE_LABELS]
+    rows = [[PHASE_LABELS[k], fmt(r[k]), _share(r[k], r["cycle"])] for k in PHASE_LABELS if k in r]
     rows.append(["**whole iteration**", fmt(r["cycle"]), "100%"])
     return "\n\n".join([
         f"## 2. Loop throughput at a {r['budget_s']:g} s budget",
@@ -104,13 +105,13 @@ EVAL_STAGES = {"load": "load the model (archive checks, deserialising)", "check"
 
 
 def _eval_stages(stages: dict[str, Any]) -> list[str]:
-    """The evaluator's own clock on its stages, for the validation split and the holdout (scored by keep)."""
+    """The evaluator's own clock on its stages, for the validation split and the holdout."""
     rows = [[f"{split}: {label}", fmt(stages[f"{split}_{key}"])] for split in ("val", "holdout")
             for key, label in EVAL_STAGES.items() if f"{split}_{key}" in stages]  # fmt: skip
     if not rows:
         return []
     return ["Inside the evaluator, after the server's word (its own clock; the rest of an evaluation is the "
-            "process's start and exit, and for the holdout the imports of a cold start):",
+            "process's start and exit; the holdout is scored by the same process, its model loaded and checked):",
             table(["stage", "seconds"], rows)]  # fmt: skip
 
 

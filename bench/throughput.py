@@ -3,7 +3,8 @@
 An iteration is everything from one run_experiment call to the next, sandboxed and scored by the server's
 evaluator as in real use. Its phases come from the server's own record of the run (its clock on the marker
 lines): start-up (process start to timed training), training, hand-over (the export), evaluation (from the
-server's word to the warm evaluator until its result), the rest of the call (the commit, the sandbox, the
+server's word to the warm evaluator until its result), the holdout (scored by the same evaluator when the run
+beat the best, so that keep finds it ready), the rest of the call (the commit, the sandbox, the
 records), and the keep/discard call and the client's gap.
 """
 
@@ -26,12 +27,13 @@ from session import checked, decide
 
 TARGETS = {60.0: 93.0, 300.0: 98.0}  # percent of 3600/budget, sandboxed and scored by the server
 ORIGINAL_PERCENT = 100 * 300 / 326  # the original: a 300 s budget in about 326 s per experiment on an H100
-PHASES = ["startup", "training", "handover", "evaluation", "server_rest", "decision", "client_gap"]
+PHASES = ["startup", "training", "handover", "evaluation", "holdout", "server_rest", "decision", "client_gap"]
 
 
 def _iteration(record: dict[str, Any], call_s: float, decision_s: float, cycle: float) -> dict[str, float]:
     timing = record.get("timing", {})
     phases = {key: float(timing.get(key, math.nan)) for key in ("startup", "training", "handover", "evaluation")}
+    phases["holdout"] = float(timing.get("holdout", 0.0))  # only a run that may be kept has one
     measured = sum(v for v in phases.values() if not math.isnan(v))
     phases.update(server_rest=call_s - measured, decision=decision_s, client_gap=cycle - call_s - decision_s)
     return {**phases, "cycle": cycle, "ok": float(record.get("status") == "ok")}

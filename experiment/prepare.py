@@ -81,7 +81,7 @@ MARK_END = "autoresearch: timed training ends"  # ... and stops it at the last s
 MARK_SAVED = "autoresearch: model saved"
 MODEL_FILE = "model.pt2"  # the handed-over model, in the run's output folder
 EXPORT_ERROR_FILE = "export_error.txt"  # why the model could not be exported, for the agent
-EXPORT_MAX_BATCH = 4096  # rows; the exported model takes any batch up to this at T = MAX_SEQ_LEN
+EVAL_MAX_BATCH = 1024  # rows; the evaluator refuses a model exported for a larger fixed batch
 CAUSALITY_PROBES = 4  # rows whose future tokens the evaluator changes: earlier logits must not move
 FORMAT_VERSION = 2  # bump when the on-disk layout changes, so old caches are rebuilt (2: holdout.bin)
 ENCODE_BATCH = 256  # documents per tokenizer batch (bounds memory on large corpora)
@@ -616,6 +616,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--result", metavar="JSON", help="(with --evaluate) where the result goes")
     p.add_argument("--split", default="val", help="(with --evaluate) the split to score")
     p.add_argument("--wait-for", metavar="FILE", help="(with --evaluate) start warm, score once FILE says go")
+    p.add_argument("--holdout-word", metavar="FILE", help="(with --wait-for) then score the holdout if FILE says go")
     return p.parse_args(argv)
 
 
@@ -645,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.evaluate:
         go_file = Path(args.wait_for) if args.wait_for else None
-        return evaluate_main(Path(args.evaluate), Path(args.result or "result.json"), args.split, go_file)
+        word = Path(args.holdout_word) if args.holdout_word else None
+        return evaluate_main(Path(args.evaluate), Path(args.result or "result.json"), args.split, go_file, word)
     if args.check:
         return check_ready(args.name)
     if args.source == "files" and not args.paths:
@@ -780,14 +782,20 @@ def evaluate_bpb(
     rows: torch.Tensor | None = None,
     device: torch.device | None = None,
     dataset: str | None = None,
+    pad: bool = False,
 ) -> float:
     """Bits per byte: the summed cross-entropy (nats) of every non-special target token divided by ln 2 times
     those targets' byte count. `model(idx)` returns logits (B, T, vocab). Independent of the vocabulary, so
-    tokenizers and models of any kind compare fairly. Deterministic. The server's evaluator calls it."""
+    tokenizers and models of any kind compare fairly. Deterministic. The server's evaluator calls it, with `pad`
+    for a model exported for a fixed batch: the last batch is filled with BOS rows, which have no bytes."""
     rows = eval_rows(dataset=dataset) if rows is None else rows
     directory = dataset_dir(dataset)
     token_bytes = torch.from_numpy(np.load(directory / "token_bytes.npy", allow_pickle=False).astype(np.int64))
     device = device or get_device()
+    if pad and len(rows) % batch_size:  # a model exported for a fixed batch: BOS rows fill the last one (0 bytes)
+        bos = int(rows[0, 0])
+        filler = torch.full((batch_size - len(rows) % batch_size, rows.size(1)), bos, dtype=rows.dtype)
+        rows = torch.cat([rows, filler])
     nats, nbytes = torch.zeros((), dtype=torch.float64), 0
     for i in range(0, len(rows), batch_size):
         nats_i, bytes_i = _eval_batch(model, rows[i : i + batch_size], token_bytes, device)
@@ -810,6 +818,12 @@ def _eval_batch(model, rows, token_bytes, device) -> tuple[torch.Tensor, int]:
 # ---------------------------------------------------------------------------------------------------------
 # The hand-over: train.py marks the start of timed training and hands its model over at the end
 # ---------------------------------------------------------------------------------------------------------
+def eval_batch_size(device: torch.device) -> int:
+    """Rows per evaluation batch: the configuration's (AUTORESEARCH_EVAL_BATCH), else 2 on a CPU, 32 on a GPU."""
+    default = EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE_GPU
+    return max(1, int(os.environ.get("AUTORESEARCH_EVAL_BATCH") or default))
+
+
 def output_dir() -> Path:
     """The run's output folder (the server sets it; a plain `python train.py` writes to ./output)."""
     path = Path(os.environ.get("AUTORESEARCH_OUTPUT", "output"))
@@ -826,15 +840,15 @@ def save_model(model: torch.nn.Module) -> Path:
     """Call once after training: the clock stops, and the model is exported for the server's evaluator.
 
     `model(idx)` with idx int64 (batch, MAX_SEQ_LEN) must return logits (batch, MAX_SEQ_LEN, vocab), causal.
-    The export is a graph of tensor operations (torch.export), so nothing of train.py runs at evaluation."""
+    The export is a graph of tensor operations (torch.export), so nothing of train.py runs at evaluation. Its
+    shapes are fixed, batch included (the evaluator's): half the time of a dynamic batch to export and to load."""
     print(MARK_END, flush=True)
     out = output_dir()
     device = next(model.parameters()).device
-    idx = torch.zeros((2, MAX_SEQ_LEN), dtype=torch.long, device=device)
-    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+    idx = torch.zeros((eval_batch_size(get_device()), MAX_SEQ_LEN), dtype=torch.long, device=device)
     try:
         with torch.no_grad():
-            program = torch.export.export(model.eval(), (idx,), dynamic_shapes=({0: batch},))
+            program = torch.export.export(model.eval(), (idx,))
         program._example_inputs = None  # type: ignore[attr-defined]  # nothing pickled in the archive
         tmp = out / f".{os.getpid()}.{MODEL_FILE}"  # the exporter wants a .pt2 name
         torch.export.save(program, tmp)
@@ -951,14 +965,16 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
             yield from _walk(value)
 
 
-def load_model(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The handed-over model as a function of idx, after the archive and graph checks."""
+def load_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], int | None]:
+    """The handed-over model as a function of idx, after the archive and graph checks, and the batch it was
+    exported for (None when its batch is dynamic: it takes any)."""
     program = torch.export.load(read_archive(path))
     signature = program.graph_signature
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
     if len(signature.user_inputs) != 1:
         raise BadModel(f"the model takes {len(signature.user_inputs)} inputs; it must take idx only")
+    batch = _fixed_batch(program, signature.user_inputs[0])
     for node in program.graph.nodes:
         if node.op == "call_function" and any(bad in str(node.target) for bad in FORBIDDEN_OPS):
             raise BadModel(f"the model calls {node.target}, which the evaluator does not run")
@@ -969,7 +985,21 @@ def load_model(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
         if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default:
             module.graph.erase_node(node)
     module.recompile()
-    return module
+    return module, batch
+
+
+def _fixed_batch(program: Any, name: str) -> int | None:
+    """The batch of idx when the export fixed it, refused when it is not one the evaluator can score with."""
+    value = next((n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name == name), None)
+    shape = getattr(value, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise BadModel("the model's input is not idx of shape (batch, MAX_SEQ_LEN); hand it over with save_model")
+    batch = shape[0]
+    if not isinstance(batch, int):
+        return None
+    if not 1 <= batch <= EVAL_MAX_BATCH:
+        raise BadModel(f"the model was exported for a batch of {batch} rows; hand it over with save_model")
+    return batch
 
 
 def _writes_to_state(graph: Any) -> bool:
@@ -988,35 +1018,50 @@ def _writes_to_state(graph: Any) -> bool:
     return False
 
 
-def check_contract(model: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, vocab: int, device) -> None:
-    """Logits of the right shape and type, a row scored alone equal to the same row in a batch, and causal:
-    changing the future of a row must not change the logits before it (probed at random cut points, with
-    real text, so that a model cannot tell a probe from the evaluation)."""
-    x = rows[:CAUSALITY_PROBES, :-1]
-    if len(x) < 2:  # a tiny split: a second row from the first, shifted
+def check_contract(
+    model: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, vocab: int, device, batch: int = 2
+) -> None:
+    """Logits of the right shape and type; a row's logits independent of the other rows of its batch; and
+    causal: changing the future of a row must not change the logits before it (probed at random cut points,
+    with real text, so that a model cannot tell a probe from the evaluation). Every call is `batch` rows."""
+    n = math.ceil(max(CAUSALITY_PROBES, batch) / batch) * batch
+    x = rows[:n, :-1]
+    while len(x) < n:  # a tiny split: more rows from the first ones, shifted
         x = torch.cat([x, (x.roll(MAX_SEQ_LEN // 3, dims=1) + 1) % vocab])
-    x = x.to(device)
-    logits = model(x)
-    want = (x.size(0), MAX_SEQ_LEN, vocab)
-    if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not _finite(logits):
-        raise BadModel("the model's logits are not finite (NaN or inf); check the training for divergence")
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want or not logits.is_floating_point():
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise BadModel(f"model(idx) must return float logits of shape {want}; it returned {got}")
-    logits = logits.float()
-    if not _close(model(x[:1]), logits[:1]):
-        raise BadModel("a row's logits change with the other rows of its batch; rows must be independent")
+    donors = rows[n : n + batch - 1, :-1]  # other real rows; in a tiny split, the batch's own rows changed
+    donors = donors if len(donors) == batch - 1 else (x[1:batch] + vocab // 2) % vocab
+    x, donors = x[:n].to(device), donors.to(device)
+    logits = _forward(model, x, batch, vocab)
+    if batch > 1:  # row 0 with other rows beside it: its logits must not move
+        mixed = torch.cat([x[:1], donors])
+        if not _close(_forward(model, mixed, batch, vocab)[:1], logits[:1]):
+            raise BadModel("a row's logits change with the other rows of its batch; rows must be independent")
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    cuts = [int(rng.integers(1, MAX_SEQ_LEN)) for _ in range(x.size(0))]
-    changed = x.clone()  # each row's future replaced by another row's, all scored in one batch
+    cuts = [int(rng.integers(1, MAX_SEQ_LEN)) for _ in range(n)]
+    changed = x.clone()  # each row's future replaced by another row's
     for i, cut in enumerate(cuts):
-        changed[i, cut:] = x[(i + 1) % x.size(0), cut:]
+        changed[i, cut:] = x[(i + 1) % n, cut:]
         if torch.equal(changed[i], x[i]):
             changed[i, cut:] = (changed[i, cut:] + 1) % vocab
-    after = model(changed)
+    after = _forward(model, changed, batch, vocab)
     for i, cut in enumerate(cuts):
         if not _close(after[i, :cut], logits[i, :cut]):
             raise BadModel(f"the logits at position {cut - 1} depend on later tokens; the model must be causal")
+
+
+def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, vocab: int) -> torch.Tensor:
+    """The model's float32 logits for x, `batch` rows a call, each call's output checked for shape and finiteness."""
+    out = []
+    for i in range(0, len(x), batch):
+        logits = model(x[i : i + batch])
+        want = (batch, MAX_SEQ_LEN, vocab)
+        if isinstance(logits, torch.Tensor) and logits.is_floating_point() and not _finite(logits):
+            raise BadModel("the model's logits are not finite (NaN or inf); check the training for divergence")
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != want or not logits.is_floating_point():
+            got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise BadModel(f"model(idx) must return float logits of shape {want}; it returned {got}")
+        out.append(logits.float())
+    return torch.cat(out)
 
 
 def _finite(logits: torch.Tensor) -> bool:
@@ -1054,25 +1099,29 @@ def wait_for(go_file: Path) -> bool:
     return go_file.read_text().strip() == "go"
 
 
-def evaluate_main(model_path: Path, result_path: Path, split: str, go_file: Path | None = None) -> int:
-    """Score a handed-over model and write {"status", "bpb" | "reason", ...} to result_path."""
+def evaluate_main(
+    model_path: Path, result_path: Path, split: str, go_file: Path | None = None, holdout_word: Path | None = None
+) -> int:
+    """Score a handed-over model and write {"status", "bpb" | "reason", ...} to result_path. With holdout_word,
+    a model scored well then waits for a second word: "go" scores the holdout split too, with the model already
+    loaded and checked, into holdout.json beside the result (the server asks when the run may be kept)."""
     import torch.export.pt2_archive._package  # noqa: F401  # the loader's imports, done before the wait
 
     eval_tokens = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", EVAL_TOKENS))
     meta, device = load_meta(), get_device()
-    default_batch = EVAL_BATCH_SIZE if device.type == "cpu" else EVAL_BATCH_SIZE_GPU
-    batch_size = int(os.environ.get("AUTORESEARCH_EVAL_BATCH", default_batch))
+    batch_size = eval_batch_size(device)
     rows = eval_rows(split, eval_tokens)
     if go_file is not None and not wait_for(go_file):
         return 0
     laps = [time.time()]  # the go, then the end of each stage: load, contract check, scoring
+    model = None
     try:
-        model = load_model(model_path)
+        model, fixed = load_model(model_path)
+        batch_size = fixed or batch_size
         laps.append(time.time())
-        check_contract(model, rows, int(meta["vocab_size"]), device)
+        check_contract(model, rows, int(meta["vocab_size"]), device, batch_size)
         laps.append(time.time())
-        with eval_autocast(device):
-            bpb = evaluate_bpb(model, batch_size, rows, device)
+        bpb = score(model, batch_size, rows, device, fixed is not None)
         laps.append(time.time())
         scored = min(eval_tokens, len(load_split(dataset_dir(), split)))
         stages = dict(zip(("load", "check", "score"), np.diff(laps).round(3).tolist(), strict=True))
@@ -1084,7 +1133,22 @@ def evaluate_main(model_path: Path, result_path: Path, split: str, go_file: Path
     result.update(split=split, eval_seconds=round(time.time() - laps[0], 3), device=str(get_device()))
     atomic_write_json(result_path, result)
     print(json.dumps(result), flush=True)
+    if result["status"] == "ok" and holdout_word is not None and wait_for(holdout_word):
+        started = time.time()
+        holdout = {"status": "ok", "split": "holdout", "device": str(get_device())}
+        try:
+            holdout["bpb"] = score(model, batch_size, eval_rows("holdout", eval_tokens), device, fixed is not None)
+        except Exception as exc:  # scored well on val, so only the data can fail: say so
+            holdout = {"status": "bad_model", "split": "holdout", "reason": export_reason(exc)}
+        holdout.update(stage_seconds={"score": round(time.time() - started, 3)})
+        atomic_write_json(result_path.with_name("holdout.json"), holdout)
     return 0
+
+
+def score(model: Callable[[torch.Tensor], torch.Tensor], batch: int, rows: torch.Tensor, device, pad: bool) -> float:
+    """evaluate_bpb under the machine's evaluation autocast."""
+    with eval_autocast(device):
+        return evaluate_bpb(model, batch, rows, device, pad=pad)
 
 
 if __name__ == "__main__":

@@ -284,10 +284,13 @@ def fail(msg):
 # Training
 # ---------------------------------------------------------------------------------------------------------
 def train(model, optimizers, loader, autocast):
-    step, training_time, tokens, epoch = 0, 0.0, 0, 1
+    """Train until the budget is spent on the server's clock (wall time since training_starts()); the last step
+    is the one that ends nearest the budget, so a run neither overruns it nor leaves a step's time unused."""
+    step, training_time, tokens, epoch, started = 0, 0.0, 0, 1, None
     while True:
         if step == SKIP_STEPS:
             training_starts()  # the server's clock starts here; the steps before (compilation) are free
+            started = time.time()
         t0 = time.time()
         x, y, epoch = next(loader)
         with autocast():
@@ -304,15 +307,15 @@ def train(model, optimizers, loader, autocast):
         step += 1
         if not math.isfinite(loss_value) or loss_value > 100:
             fail(f"loss is {loss_value} at step {step}")
-        if step > SKIP_STEPS:
-            training_time += dt
+        if started is not None:
+            training_time = time.time() - started
             tokens += x.numel()
         print(
             f"step {step} | loss {loss_value:.6f} | lrm {lrm:.3f} | tok/s {x.numel() / dt:.0f} | "
             f"elapsed {training_time:.1f}s | remaining {max(0.0, TIME_BUDGET - training_time):.1f}s",
             flush=True,
         )
-        if step > SKIP_STEPS and training_time >= TIME_BUDGET:
+        if started is not None and training_time + dt / 2 >= TIME_BUDGET:  # another step would end farther off
             return step, training_time, tokens, epoch
 
 

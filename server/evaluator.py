@@ -81,20 +81,23 @@ def evaluate(runner: Runner, spec: RunSpec, result: Path) -> Evaluation:
     return read_result(result, outcome, spec.log_path)
 
 
-def read_result(path: Path, outcome: Outcome, log_path: Path) -> Evaluation:
+def read_result(path: Path, outcome: Outcome | None, log_path: Path) -> Evaluation:
+    """The evaluator's result file (outcome: how it ended, None while it still runs)."""
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         tail = _last_line(log_path)
+        if outcome is None:
+            return Evaluation("failed", reason=f"the evaluator's result could not be read: {tail}")
         how = "timed out" if outcome.stop == "timeout" else f"ended ({outcome.stop}, exit {outcome.exit_code})"
         return Evaluation(
             "failed", reason=f"the evaluator {how} without a result: {tail}", seconds=outcome.wall_seconds
         )
     bpb = result.get("bpb")
     if result.get("status") == "ok" and isinstance(bpb, int | float) and math.isfinite(bpb):
-        return Evaluation("ok", metric=float(bpb), seconds=outcome.wall_seconds)
+        return Evaluation("ok", metric=float(bpb), seconds=outcome.wall_seconds if outcome else None)
     reason = str(result.get("reason") or "the evaluator gave no finite metric")[:400]
-    return Evaluation("bad_model", reason=reason, seconds=outcome.wall_seconds)
+    return Evaluation("bad_model", reason=reason, seconds=outcome.wall_seconds if outcome else None)
 
 
 def _last_line(path: Path) -> str:

@@ -12,6 +12,7 @@ import git
 from server import pins
 from server.config import Config
 from server.errors import AutoresearchError
+from server.evaluator import read_result
 from server.history import History, RunRecord
 from server.isolation import Places
 from server.pipeline import Candidate, cleanup, score
@@ -30,13 +31,16 @@ def score_holdout(
     if not (places.data / "holdout.bin").exists():  # runs go on; the human sees why there is no figure
         return None, (f"the dataset {places.data} has no holdout split (an older prepare.py made it); "
                       "run `autoresearch prepare` again")  # fmt: skip
-    candidate = Candidate(run, run_dir, pins.load_pins(history.folder / "pins.json"))
-    try:
-        evaluation = score(repo, runner, config, places, candidate, model, split="holdout")
-    except AutoresearchError as exc:
-        return None, f"the holdout could not be scored: {exc}"
-    finally:
-        cleanup(candidate)
+    ready = run_dir / "eval-holdout" / "result.json"  # scored with the run's evaluation (pipeline.measure)
+    evaluation = read_result(ready, None, run_dir / "eval-val.log") if ready.is_file() else None
+    if evaluation is None or evaluation.status != "ok":
+        candidate = Candidate(run, run_dir, pins.load_pins(history.folder / "pins.json"))
+        try:
+            evaluation = score(repo, runner, config, places, candidate, model, split="holdout")
+        except AutoresearchError as exc:
+            return None, f"the holdout could not be scored: {exc}"
+        finally:
+            cleanup(candidate)
     if evaluation.status != "ok" or evaluation.metric is None:
         return None, f"the holdout evaluation {evaluation.status}: {evaluation.reason}"
     previous = previous_kept(history.runs(), run.id)

@@ -110,6 +110,8 @@ def run_env(config: Config, places: Places, scratch: Path, output: Path, seed: i
         AUTORESEARCH_SEED=str(seed), TORCHINDUCTOR_CACHE_DIR=str(places.compile_cache / "inductor"),
         TRITON_CACHE_DIR=str(places.compile_cache / "triton"),
     )  # fmt: skip
+    if config.eval_batch_size:  # save_model exports the model for the evaluator's batch
+        env["AUTORESEARCH_EVAL_BATCH"] = str(config.eval_batch_size)
     return env
 
 

@@ -493,12 +493,20 @@ class Lab:
         outcome = collect(active.execution, cancelled)
         changed = tampered(self.config, candidate, self.root, self.pins_path)
         measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
-                           active.warm)  # fmt: skip
+                           active.warm, self._may_keep)  # fmt: skip
         active.warm = None
         active.measured = True
         record = classify(candidate.record, measured, self.config)
         cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
         return record
+
+    def _may_keep(self, metric: float) -> bool:
+        """Whether a first seed's metric beats the best's (or there is none yet): then its holdout is scored
+        with its evaluation, and a keep finds it ready."""
+        best = self.best()
+        if best is None or best.metric is None:
+            return True
+        return (best.metric - metric) * (1.0 if self.config.direction == "minimize" else -1.0) > 0
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
         """Run what is left of the seeds (or kill the current one when cancelled), combine them into the run's

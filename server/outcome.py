@@ -42,6 +42,7 @@ class Measured:
     export_error: str | None = None
     evaluation: Evaluation | None = None  # None: not evaluated (self-reported, or it failed before)
     train_tokens: int | None = None  # the dataset's train split, for the run's epochs
+    holdout: Evaluation | None = None  # scored with the evaluation when the run may be kept (history only)
 
 
 def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
@@ -51,6 +52,8 @@ def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
     timing = timings(measured.outcome)
     if measured.evaluation is not None and measured.evaluation.seconds is not None:
         timing["evaluation"] = measured.evaluation.seconds
+    if measured.holdout is not None and measured.holdout.seconds is not None:
+        timing["holdout"] = measured.holdout.seconds
     status, reason, metric = _status(measured, summary, timing, config, text)
     if measured.tampered and status == "ok":
         status, reason = "tampered", f"the run changed locked file {measured.tampered[0]}; its result is not accepted"

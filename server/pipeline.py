@@ -21,6 +21,7 @@ import shutil
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -146,35 +147,67 @@ def tampered(config: Config, candidate: Candidate, root: Path, pins_path: Path) 
 @dataclass
 class Warm:
     """An evaluator started with the run: its imports and data are loaded while the run trains, and it
-    waits for the server's word (a file in its read-only folder) to score the model or to go away."""
+    waits for the server's word (a file in its read-only folder) to score the model or to go away. After a
+    good score it waits for a second word: score the holdout too (with the model loaded and checked), or go."""
 
     execution: Execution
     result: Path
     word: Path
     log: Path
+    asks_holdout: bool = False  # started with a second word to wait for (the first seed's, holdout on)
+
+    @property
+    def holdout_word(self) -> Path:
+        return self.word.with_name("holdout")
 
     def release(self, go: bool) -> Evaluation | None:
         """Tell it to score (the evaluation's time is counted from here) or to go away."""
         started = time.monotonic()
         self.word.write_text("go" if go else "stop")
-        outcome = collect(self.execution)
         if not go:
+            collect(self.execution)
             return None
-        return replace(read_result(self.result, outcome, self.log), seconds=round(time.monotonic() - started, 3))
+        outcome = self.execution.wait(0.0)
+        while outcome is None and not self.result.exists():  # written whole (renamed into place)
+            outcome = self.execution.wait(0.02)
+        evaluation = read_result(self.result, outcome, self.log)
+        if outcome is None and evaluation.status != "ok":  # it goes away by itself after a bad model
+            self.holdout(go=False)
+        return replace(evaluation, seconds=round(time.monotonic() - started, 3))
+
+    def holdout(self, go: bool) -> Evaluation | None:
+        """After a good score: the second word. Go: the holdout's Evaluation (its file moved to eval-holdout/,
+        where a keep finds it); else the evaluator goes away."""
+        started = time.monotonic()
+        if self.asks_holdout:
+            self.holdout_word.write_text("go" if go else "stop")
+        outcome = collect(self.execution)
+        if not (go and self.asks_holdout):
+            return None
+        found = self.result.with_name("holdout.json")
+        evaluation = replace(read_result(found, outcome, self.log), seconds=round(time.monotonic() - started, 3))
+        if evaluation.status == "ok":
+            target = self.result.parent.with_name("eval-holdout") / "result.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(found, target)
+        return evaluation
 
 
 def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, candidate: Candidate) -> Warm | None:
     """The run's evaluator, started at once where the runner shares this machine's files. Not niced: a
     niced process on a busy machine waits behind everything else, and its imports are done in the run's
-    own start-up anyway."""
+    own start-up anyway. The first seed's may score the holdout after validation (see measure)."""
     if not config.evaluated or not getattr(runner, "warm", False):
         return None
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
     word = candidate.run_dir / "eval" / "go"
     spec, result = eval_spec(config, places, candidate.run_dir, candidate.output / MODEL_FILE, candidate.token, "val")
-    spec = replace(spec, argv=[*spec.argv, "--wait-for", str(word)], wall_limit=2 * spec.wall_limit,
-                   env=slot_env(config, candidate, spec.env))  # fmt: skip
-    return Warm(runner.start(spec), result, word, spec.log_path)
+    argv = [*spec.argv, "--wait-for", str(word)]
+    asks = config.holdout and candidate.repeat == 0
+    if asks:
+        argv += ["--holdout-word", str(word.with_name("holdout"))]
+    spec = replace(spec, argv=argv, wall_limit=2 * spec.wall_limit, env=slot_env(config, candidate, spec.env))
+    return Warm(runner.start(spec), result, word, spec.log_path, asks)
 
 
 def measure(
@@ -186,8 +219,13 @@ def measure(
     outcome: Outcome,
     changed: list[str],
     warm: Warm | None = None,
+    keepable: Callable[[float], bool] | None = None,
 ) -> Measured:
-    """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time."""
+    """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time.
+    When `keepable` says the metric may be kept, the warm evaluator scores the holdout at once (the model is
+    loaded and checked already), so that keep need not start an evaluator of its own."""
+    if candidate.repeat == 0:  # only this evaluation's holdout may be found there at keep
+        shutil.rmtree(candidate.run_dir / "eval-holdout", ignore_errors=True)
     model, export_error = handed_over(candidate.output)
     measured = Measured(outcome, candidate.log, changed, model, export_error, train_tokens=train_tokens(places.data))
     earned = outcome.stop == "exited" and outcome.exit_code == 0 and over_budget(timings(outcome), config) is None
@@ -196,9 +234,12 @@ def measure(
             warm.release(go=False)
         return measured
     warmed = warm.release(go=True) if warm is not None else None
+    holdout = None
+    if warm is not None and warmed is not None and warmed.status == "ok" and warmed.metric is not None:
+        holdout = warm.holdout(go=keepable is not None and keepable(warmed.metric))
     if warmed is None or warmed.status == "failed":  # cold, also when a custom evaluator cannot start warm
         warmed = score(repo, runner, config, places, candidate, model)
-    return Measured(outcome, candidate.log, changed, model, export_error, warmed, measured.train_tokens)
+    return replace(measured, evaluation=warmed, holdout=holdout)
 
 
 def score(

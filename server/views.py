@@ -86,7 +86,9 @@ class AgentRun(RunRecord):
 
     @classmethod
     def of(cls, run: RunRecord) -> AgentRun:
-        return cls.model_validate(run.model_dump(exclude=PRIVATE))
+        data = run.model_dump(exclude=PRIVATE)
+        data["timing"] = {k: v for k, v in run.timing.items() if k != "holdout"}  # the holdout is the human's
+        return cls.model_validate(data)
 
 
 class RunDetail(BaseModel):

@@ -137,7 +137,7 @@ def test_handed_over_model_scores_what_it_scores_in_process(
     assert not [n for n in zipped.namelist() if n.endswith(".pt") and zipped.getinfo(n).file_size > 0]  # no pickle
     device = torch.device("cpu")
     with prepare.eval_autocast(device):  # the evaluator scores in bf16 where the CPU has it, float32 elsewhere
-        expected = prepare.evaluate_bpb(model.eval(), 8, device=device)
+        expected = prepare.evaluate_bpb(model.eval(), 2, device=device, pad=True)  # save_model's batch: 2
     result = evaluator(prepare, path, tmp_path, AUTORESEARCH_EVAL_BATCH="8")
     assert result["status"] == "ok" and result["bpb"] == pytest.approx(expected, rel=1e-9)
     assert result["tokens"] == len(val_tokens(prepare))
@@ -191,6 +191,32 @@ def test_the_contract_comparisons_agree_with_torch(prepare: ModuleType) -> None:
     assert not prepare._close(want[:1], want)  # a different shape is never close, even where it broadcasts
 
 
+def dynamic_export(prepare: ModuleType, model: torch.nn.Module, path: Path) -> Path:
+    """The model exported for any batch (save_model fixes the batch): what a hand-made archive may hold, shape
+    expressions included."""
+    idx = torch.zeros((2, prepare.MAX_SEQ_LEN), dtype=torch.long)
+    with torch.no_grad():
+        program = torch.export.export(model.eval(), (idx,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program._example_inputs = None
+    torch.export.save(program, path)
+    return path
+
+
+def test_a_model_exported_for_any_batch_scores_the_same(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """save_model fixes the batch to the evaluator's (half the export and load time); an archive with a dynamic
+    batch is scored with the configured batch, to the same figure; a fixed batch past the limit is refused."""
+    model = tiny_gpt(prepare, monkeypatch)
+    fixed = evaluator(prepare, prepare.save_model(model), tmp_path, AUTORESEARCH_EVAL_BATCH="2")
+    dynamic = evaluator(prepare, dynamic_export(prepare, model, tmp_path / "any.pt2"), tmp_path,
+                        AUTORESEARCH_EVAL_BATCH="3")  # fmt: skip
+    assert fixed["status"] == dynamic["status"] == "ok" and dynamic["bpb"] == pytest.approx(fixed["bpb"], rel=1e-6)
+    monkeypatch.setenv("AUTORESEARCH_EVAL_BATCH", str(prepare.EVAL_MAX_BATCH + 1))
+    huge = evaluator(prepare, prepare.save_model(model), tmp_path)
+    assert huge["status"] == "bad_model" and "exported for a batch of" in huge["reason"]
+
+
 def rewrite(path: Path, change: Any) -> Path:
     """A copy of an archive with one member's JSON changed by change(name, data) -> data."""
     out = path.with_name("crafted.pt2")
@@ -217,8 +243,8 @@ def test_crafted_archives_are_refused_before_anything_is_loaded(
     prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, why: str
 ) -> None:
     """The loader would unpickle, run sympy on strings, or call what the graph names: the evaluator refuses
-    such archives while they are still bytes."""
-    path = prepare.save_model(tiny_gpt(prepare, monkeypatch))
+    such archives while they are still bytes. (A dynamic batch, so that the archive has shape expressions.)"""
+    path = dynamic_export(prepare, tiny_gpt(prepare, monkeypatch), tmp_path / "model.pt2")
     crafted = rewrite(path, change)
     assert crafted.read_bytes() != path.read_bytes()
     with pytest.raises(prepare.BadModel, match=why):

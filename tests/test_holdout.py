@@ -3,6 +3,7 @@ the holdout does not confirm is flagged."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,10 @@ from mcp import Client
 from pydantic import ValidationError
 
 from server import app
-from server.config import Config
+from server.config import Config, load_config
 from server.history import History, RunRecord
-from server.holdout import holdout_note
+from server.holdout import holdout_note, score_holdout
+from server.loop import Lab
 from server.plot import render_png
 from server.table import fmt_holdout, holdout_caption
 from server.views import AgentRun, RunDetail
@@ -143,6 +145,16 @@ def test_kept_runs_are_scored_on_the_holdout_and_no_tool_result_shows_it(
     for needle in (f"{holdout:.6f}", f"{holdout:.4f}", repr(holdout), "holdout"):
         assert needle not in seen
     run_dir = repo / ".autoresearch" / "test" / "runs" / "1"
+    # The baseline might be kept (there was no best), so its evaluator scored the holdout right after validation,
+    # with the model loaded and checked, and keep started no evaluator of its own.
+    assert "holdout" in runs[0].timing and not (run_dir / "eval-holdout.log").exists()
+    ready = run_dir / "eval-holdout" / "result.json"
+    assert json.loads(ready.read_text())["bpb"] == holdout
+    # Without that result, keep scores the holdout in an evaluator of its own: the same figure.
+    ready.unlink()
+    lab = Lab(repo, load_config(repo))
+    cold, _ = score_holdout(lab.repo, lab.runner, lab.config, lab.places, lab.history, runs[0])
+    assert cold == pytest.approx(holdout, rel=1e-9)
     assert "holdout" in (run_dir / "eval-holdout.log").read_text()  # its log: a file no view reads
     shown = subprocess.run([sys.executable, "-m", "server", "history"], cwd=repo, capture_output=True, text=True,
                            env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"})  # fmt: skip
