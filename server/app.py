@@ -41,7 +41,7 @@ class AppState:
 
     def get(self) -> Lab:
         if self.lab is None:
-            self.lab = Lab(self.root, load_config(self.root))
+            self.lab = Lab(self.root, load_config(self.root), spares=True)
         return self.lab
 
 
@@ -59,7 +59,11 @@ async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
         log.warning("not ready: %s", exc)
     except Exception as exc:  # git or the OS: every tool call reports it too, as a sentence
         log.warning("not ready: %s", what_failed(exc), exc_info=True)
-    yield state
+    try:
+        yield state
+    finally:
+        if state.lab is not None:
+            state.lab.close()  # its spares: no process outlives the server's session
 
 
 mcp: MCPServer[AppState] = MCPServer(

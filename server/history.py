@@ -71,6 +71,8 @@ class RunRecord(BaseModel):
     flags: list[str] = Field(default_factory=list, description="e.g. unsandboxed, self-reported, reported_mismatch")
     timing: dict[str, float] = Field(default_factory=dict, description="seconds measured by the server")
     seed: int | None = None
+    warm_start: bool = Field(default=False, description="run by a process started ahead of it, imports done; "
+                             "its start-up counts from the run's start")  # fmt: skip
     repeats: list[SeedRun] = Field(default_factory=list, description="each seed's result; metric is their mean")
     metric_std: float | None = Field(default=None, description="sample standard deviation over the seeds")
     required_gain: float | None = Field(default=None, description="the gain the keep gate needed at the decision")

@@ -36,12 +36,15 @@ from server.pipeline import (
     measure,
     record_end,
     repeat,
+    run_spec,
     start_warm,
     tampered,
 )
 from server.ray_runner import runner_for
 from server.registry import Slot, Slots
-from server.runner import Execution, Runner, kill_by_token
+from server.runner import Execution, LocalExecution, Runner, RunSpec, kill_by_token
+from server.spares import Spares
+from server.spares import usable as spares_usable
 
 log = logging.getLogger("autoresearch")
 UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no result yet
@@ -81,7 +84,8 @@ class ActiveRun:
 class Lab:
     """One repository, one run tag."""
 
-    def __init__(self, root: Path, config: Config, runner: Runner | None = None) -> None:
+    def __init__(self, root: Path, config: Config, runner: Runner | None = None, spares: bool = False) -> None:
+        """spares: start each slot's next run process ahead of it (a long-lived server; server/spares.py)."""
         self.config = config
         self.repo = gitops.open_repo(root)
         self.root = Path(self.repo.working_tree_dir or root)
@@ -93,6 +97,13 @@ class Lab:
         self.slots = Slots(self.state / "slots", config.slot_count, config.slot_devices)
         self.pins_path = self.history.folder / "pins.json"
         self.branch = gitops.run_branch(config.tag)
+        self.spares: Spares | None = None
+        if spares and spares_usable(config, self.runner):
+
+            def build(folders: tuple[Path, Path, Path, Path], token: str, device: str | None) -> RunSpec:
+                return run_spec(self.config, self.places, folders, 0, token, device)
+
+            self.spares = Spares(self.places, [*config.locked, CONFIG_NAME], build)
         self._ignore_state_dir()
         try:  # clean up after a server that died mid-run, unless another live server holds the lock
             with self.lock.hold("recover") as held:
@@ -395,11 +406,30 @@ class Lab:
         return ActiveRun(candidate, None, slot, deadline, None, seeds_left, base, info=info)
 
     def launch_seed(self, active: ActiveRun) -> None:
-        """Start the current seed's process and, where the runner allows, its evaluator beside it."""
+        """Start the current seed's process (in the slot's spare when there is one) and, where the runner
+        allows, its evaluator beside it; the slot's next spare starts once this one hands its model over."""
+        slot = active.slot
+        spare = self.spares.take(slot.index) if self.spares is not None else None
+        if spare is not None:  # the spare's processes carry its token: recovery must find them by it
+            active.candidate = dataclasses.replace(active.candidate, token=spare.token)
+            active.info["token"] = spare.token
         active.slot.describe({**active.info, "log": str(active.candidate.log), "seed": active.candidate.record.seed})
-        active.execution = launch(self.runner, self.config, self.places, active.candidate)
+        active.execution = launch(self.runner, self.config, self.places, active.candidate, spare)
         active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
         active.measured = False
+        spares = self.spares
+        if spares is not None and isinstance(active.execution, LocalExecution):
+
+            def handed_over(mark: str) -> None:
+                if mark == "end":
+                    spares.prepare(slot.index, slot.device)
+
+            active.execution.when_marked(handed_over)
+
+    def close(self) -> None:
+        """Stop what this Lab keeps running between runs (its spares)."""
+        if self.spares is not None:
+            self.spares.close()
 
     def _rebasable(self, run_id: int) -> RunRecord:
         run = self.history.get(run_id)
@@ -497,6 +527,8 @@ class Lab:
         active.warm = None
         active.measured = True
         record = classify(candidate.record, measured, self.config)
+        if getattr(active.execution, "spare", False):
+            record = record.model_copy(update={"warm_start": True})
         cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
         return record
 
@@ -525,6 +557,8 @@ class Lab:
                 active.warm.execution.kill("cancelled")  # an evaluator never released
             cleanup(active.candidate)
             active.slot.release()
+            if self.spares is not None:  # for a run that never handed a model over
+                self.spares.prepare(active.slot.index, active.slot.device)
 
     def drive(self, active: ActiveRun) -> RunRecord:
         """Run a started run's seeds to the end, blocking; cancelled (killed and recorded) on any interruption."""

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import git
 
-from server import gitops, pins
-from server.config import Config
+from server import gitops, pins, spares
+from server.config import CONFIG_NAME, Config
 from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
 from server.history import History, RunRecord, SeedRun, atomic_write
 from server.isolation import Places, run_env, run_view, train_tokens
@@ -98,26 +98,40 @@ def _fresh_folders(repo: git.Repo, config: Config, candidate: Candidate) -> None
     pins.check(locked, candidate.snapshot, config.tag, where=where)
 
 
-def slot_env(config: Config, candidate: Candidate, env: dict[str, str]) -> dict[str, str]:
+def slot_env(config: Config, device: str | None, env: dict[str, str]) -> dict[str, str]:
     """A slot's share of the machine: its GPU, or on a CPU pool of several slots its share of the cores."""
     env = dict(env)
-    if candidate.device is not None:
-        env["CUDA_VISIBLE_DEVICES"] = candidate.device
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
     elif config.slot_count > 1 and "OMP_NUM_THREADS" not in env and config.runner == "local":
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // config.slot_count))
     return env
 
 
-def launch(runner: Runner, config: Config, places: Places, candidate: Candidate) -> Execution:
-    """Start the run under the configured sandbox and limits."""
+def run_spec(
+    config: Config, places: Places, folders: tuple[Path, Path, Path, Path], seed: int, token: str, device: str | None
+) -> RunSpec:
+    """How a run is started: in its folders (snapshot, output, scratch, log), under the configured sandbox and
+    limits, on its slot's device."""
+    snapshot, output, scratch, log = folders
+    env = slot_env(config, device, run_env(config, places, scratch, output, seed))
+    view = run_view(config, places, snapshot, output, scratch) if config.sandbox == "bwrap" else None
+    return RunSpec(config.argv(), snapshot, env, log, config.hard_timeout, token, config.kill_grace,
+                   config.max_log_bytes, view, config.memory_limit_mb, config.max_processes)  # fmt: skip
+
+
+def launch(
+    runner: Runner, config: Config, places: Places, candidate: Candidate, spare: spares.Spare | None = None
+) -> Execution:
+    """Start the run: in the slot's spare when one fits (its token is the candidate's already), else cold."""
     seed = candidate.record.seed if candidate.record.seed is not None else config.seed
-    env = slot_env(config, candidate, run_env(config, places, candidate.scratch, candidate.output, seed))
-    view = None
-    if config.sandbox == "bwrap":
-        view = run_view(config, places, candidate.snapshot, candidate.output, candidate.scratch)
-    spec = RunSpec(config.argv(), candidate.snapshot, env, candidate.log, config.hard_timeout, candidate.token,
-                   config.kill_grace, config.max_log_bytes, view, config.memory_limit_mb,
-                   config.max_processes)  # fmt: skip
+    mine = (candidate.snapshot, candidate.output, candidate.scratch, candidate.log)
+    spec = run_spec(config, places, mine, seed, candidate.token, candidate.device)
+    if spare is not None:
+        expected = run_spec(config, places, spares.folders(spare.folder), 0, spare.token, candidate.device)
+        if spares.fits(spare, expected, candidate.snapshot, [*config.locked, CONFIG_NAME]):
+            return spares.become(spare, spec, mine)
+        spare.execution.kill("cancelled")
     return runner.start(spec)
 
 
@@ -206,7 +220,7 @@ def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, c
     asks = config.holdout and candidate.repeat == 0
     if asks:
         argv += ["--holdout-word", str(word.with_name("holdout"))]
-    spec = replace(spec, argv=argv, wall_limit=2 * spec.wall_limit, env=slot_env(config, candidate, spec.env))
+    spec = replace(spec, argv=argv, wall_limit=2 * spec.wall_limit, env=slot_env(config, candidate.device, spec.env))
     return Warm(runner.start(spec), result, word, spec.log_path, asks)
 
 
@@ -254,7 +268,7 @@ def score(
     """Run the locked evaluator, from the pinned locked files of the run's commit, on the model."""
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
     spec, result = eval_spec(config, places, candidate.run_dir, model, candidate.token, split)
-    return evaluate(runner, replace(spec, env=slot_env(config, candidate, spec.env)), result)
+    return evaluate(runner, replace(spec, env=slot_env(config, candidate.device, spec.env)), result)
 
 
 def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:

@@ -148,9 +148,13 @@ class _CappedLog:
 class LocalExecution:
     """One running process tree: the experiment, or an evaluator."""
 
-    def __init__(self, spec: RunSpec, on_output: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self, spec: RunSpec, on_output: Callable[[bytes], None] | None = None, stdin_pipe: bool = False
+    ) -> None:
         self.spec = spec
         self._on_output = on_output  # also handed every chunk of output (a remote runner streams it)
+        self._on_mark: Callable[[str], None] | None = None
+        self.spare = False  # started ahead of its run (server/spares.py): its clock starts at begin()
         self.started = time.monotonic()
         self.wall_started = time.time()
         self._stop: StopReason = "exited"
@@ -164,7 +168,8 @@ class LocalExecution:
         if spec.nice and shutil.which("nice"):
             argv = ["nice", "-n", str(spec.nice), *argv]
         self.proc = subprocess.Popen(
-            argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            argv, cwd=spec.cwd, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self.pid = self.proc.pid
@@ -202,6 +207,8 @@ class LocalExecution:
             for line in lines[-50:]:
                 text = line.decode("utf-8", "replace").strip()
                 self._clock.stamp(text, arrived)
+                if self._on_mark is not None and text in MARKERS:
+                    self._on_mark(MARKERS[text])
                 progress = parse_progress(text)
                 self._progress = progress or self._progress
 
@@ -221,6 +228,22 @@ class LocalExecution:
 
     def progress(self) -> Progress | None:
         return self._progress
+
+    def when_marked(self, hook: Callable[[str], None]) -> None:
+        """Call hook(name) from the output reader as each marker line arrives ("start", "end", "saved")."""
+        self._on_mark = hook
+
+    def begin(self, word: bytes) -> None:
+        """A process started with stdin_pipe is told what to run: the clock (and the wall-clock limit) start
+        again from here, and the word goes to its standard input, which is then closed."""
+        self.started = time.monotonic()
+        self._clock = _Clock()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(word)
+            self.proc.stdin.close()
+        except OSError:  # it died waiting: its outcome says so
+            pass
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

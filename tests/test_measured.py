@@ -65,7 +65,8 @@ def test_the_default_experiment_is_scored_by_the_server_inside_the_sandbox(lab: 
     baseline = lab.run("baseline")
     assert baseline.status == "ok" and baseline.metric is not None and 0.5 < baseline.metric < 9
     assert baseline.reported is None and "unsandboxed" not in baseline.flags  # the run cannot see val_bpb
-    assert 2.0 <= baseline.timing["training"] < 6.0 and baseline.training_seconds == baseline.timing["training"]
+    # train.py stops after the step that ends nearest the 2 s budget, on the same clock as the server's
+    assert 1.8 <= baseline.timing["training"] < 6.0 and baseline.training_seconds == baseline.timing["training"]
     assert baseline.timing["evaluation"] > 0 and baseline.memory_gb is not None and baseline.memory_gb > 0.05
     result = (lab.history.run_dir(1) / "eval-val" / "result.json").read_text()
     assert str(baseline.metric)[:10] in result

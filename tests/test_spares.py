@@ -1,0 +1,154 @@
+"""Spare run processes (server/spares.py): a slot's next run started ahead, imports done, waiting in its
+sandbox. A run in a spare must be the run a cold start would be: the same script as __main__, its seed, its
+folders, its locked files read-only, its token known to recovery; a spare that no longer fits is not used."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+from conftest import make_fake_repo, needs_bwrap
+from mcp import Client
+
+from server import app
+from server.config import load_config
+from server.history import History
+from server.loop import Lab
+from server.runner import LocalExecution
+from server.spares import LAUNCHER
+
+# Says what it sees, then prints the old contract's summary (the fake repository is self-reported).
+PROBE = """\
+import json, os, sys
+preloaded = "torch" in sys.modules
+try:
+    open("prepare.py", "a").close()
+    locked = "writable"
+except OSError:
+    locked = "read-only"
+seen = {"name": __name__, "file": __file__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
+        "seed": os.environ.get("AUTORESEARCH_SEED"), "preloaded": preloaded, "locked": locked,
+        "prepare": open("prepare.py").read(), "output": os.environ["AUTORESEARCH_OUTPUT"]}
+open(os.path.join(os.environ["AUTORESEARCH_OUTPUT"], "written.txt"), "w").write("from the run")
+print("PROBE " + json.dumps(seen))
+print("---")
+print("val_bpb: 1.0")
+print("training_seconds: 0.5")
+"""
+
+
+def probe(lab: Lab, run_id: int) -> dict[str, Any]:
+    log = (lab.history.run_dir(run_id) / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if line.startswith("PROBE "))
+    return json.loads(line[len("PROBE ") :])  # type: ignore[no-any-return]
+
+
+def ready_spare(lab: Lab, slot: int = 0) -> LocalExecution:
+    """The slot's spare once it has started (it is started on the spares' own thread)."""
+    assert lab.spares is not None
+    for _ in range(200):
+        spare = lab.spares._spares.get(slot)
+        if spare is not None:
+            return spare.execution
+        time.sleep(0.05)
+    raise AssertionError("no spare was started")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+@needs_bwrap
+def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> None:
+    repo = make_fake_repo(tmp_path / "repo")
+    lab = Lab(repo, load_config(repo), spares=True)
+    try:
+        cold = lab.run("cold", data=PROBE.encode())
+        lab.keep()
+        spare = ready_spare(lab)  # started when the cold run was recorded
+        active = lab.start_run("warm", data=(PROBE + "# again\n").encode())
+        assert active.execution is spare  # the spare became the run...
+        slot_file = json.loads((lab.state / "slots" / "0.lock").read_text())
+        assert slot_file["token"] == spare.spec.token  # ...under the token recovery kills by
+        warm = lab.drive(active)
+    finally:
+        lab.close()
+    assert cold.status == warm.status == "ok", (cold.reason, warm.reason)
+    assert not cold.warm_start and warm.warm_start
+    before, after = probe(lab, cold.id), probe(lab, warm.id)
+    assert before["preloaded"] is False and after["preloaded"] is True  # torch was imported ahead
+    for seen in (before, after):
+        assert seen["name"] == "__main__" and seen["argv"] == ["train.py"]
+        assert seen["file"] == str(Path(seen["cwd"]) / "train.py")
+        assert seen["path0"] == seen["cwd"] and Path(seen["cwd"]).name == "tree"
+        assert seen["seed"] == str(lab.config.seed)
+        assert seen["locked"] == "read-only"  # the locked file is bound read-only, in the spare too
+        assert seen["prepare"] == (repo / "prepare.py").read_text()  # with the pinned bytes
+    # What the run wrote in its output folder is in the run's folder, where the server reads it.
+    assert (lab.history.run_dir(warm.id) / "out" / "written.txt").read_text() == "from the run"
+
+
+@needs_bwrap
+def test_a_spare_that_no_longer_fits_is_not_used_and_close_stops_them(tmp_path: Path) -> None:
+    repo = make_fake_repo(tmp_path / "repo")
+    lab = Lab(repo, load_config(repo), spares=True)
+    try:
+        lab.run("cold", data=PROBE.encode())
+        lab.keep()
+        stale = ready_spare(lab)
+        lab.config = lab.config.model_copy(update={"time_budget": 2})  # the spare's environment says 1
+        run = lab.run("after the change", data=(PROBE + "# changed\n").encode())
+        assert run.status == "ok" and not run.warm_start
+        assert gone(stale.pid)  # killed, not left waiting
+        fresh = ready_spare(lab)
+        assert fresh is not stale and not gone(fresh.pid)
+    finally:
+        lab.close()
+    assert gone(fresh.pid)
+
+
+def spare_processes() -> list[psutil.Process]:
+    """This process's descendants that are spares."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if LAUNCHER in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@needs_bwrap
+def test_the_servers_spares_end_with_its_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MCP server uses spares; when its session ends, none is left waiting."""
+    repo = make_fake_repo(tmp_path / "repo")
+    monkeypatch.setenv("AUTORESEARCH_ROOT", str(repo))
+
+    async def session() -> None:
+        async with Client(app.mcp) as client:
+            for text in ("one", "two"):
+                await client.call_tool("write_train", {"content": PROBE + f"# {text}\n"})
+                result = await client.call_tool("run_experiment", {"description": text})
+                assert not result.is_error
+                await client.call_tool("keep" if text == "one" else "discard", {})
+            for _ in range(100):  # the spare for the next run, started when the last one was recorded
+                if spare_processes():
+                    break
+                await anyio.sleep(0.05)
+            assert spare_processes()
+
+    anyio.run(session)
+    history = History(repo / ".autoresearch" / "test")
+    assert [r.warm_start for r in history.runs()] == [False, True]
+    for proc in spare_processes():
+        proc.wait(10)
+    assert not spare_processes()
