@@ -7,7 +7,7 @@ from typing import Any
 from report import fmt, table, verdict
 
 PHASE_LABELS = {  # from the server's record of each run: its clock on the run's marker lines
-    "startup": "start-up: process start (sandbox, interpreter, imports, data, model) to timed training",
+    "startup": "start-up: the run's start (the word to its spare, or a cold process's start) to timed training",
     "training": "timed training (the budget, on the server's clock)",
     "handover": "hand-over: the end of training to the process's exit (torch.export of the model)",
     "evaluation": "evaluation: the server's word to the warm evaluator until its result",

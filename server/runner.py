@@ -229,6 +229,10 @@ class LocalExecution:
     def progress(self) -> Progress | None:
         return self._progress
 
+    def alive(self) -> bool:
+        """Whether the process still runs (no limit is enforced here: see wait)."""
+        return not self._exited.is_set()
+
     def when_marked(self, hook: Callable[[str], None]) -> None:
         """Call hook(name) from the output reader as each marker line arrives ("start", "end", "saved")."""
         self._on_mark = hook

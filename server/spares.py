@@ -2,11 +2,14 @@
 
 A run's start-up is mostly the interpreter importing torch (about 1 s on a CPU) and, at its end, the exporter
 importing torch's tracer (about 1 s more). A spare is the process the slot's next run will be: started with
-the run's own sandbox, environment and limits, on folders of its own, it imports those modules and waits
-on its standard input. No code of any run has been read when it waits: the launcher is the server's, the
-modules are the interpreter's. When the run starts, the server moves the run's snapshot into the spare's
-folders (the locked files are written into the read-only files already bound there), renames its log into
-place and sends the word: the script and its seed. The process then runs the script as `__main__`, as
+the run's own sandbox, environment and limits, on folders of its own, it imports torch (and, where a GPU
+will do the evaluation and the CPU is free meanwhile, the tracer) and waits on its standard input. On a CPU
+the tracer is left to the run's hand-over: imported in the spare, it ran beside the evaluation on the same
+cores and slowed it by about as much as it saved (measured with bench/run.py --only throughput). No code of
+any run has been read when it waits: the launcher is the server's, the modules are the interpreter's. When
+the run starts, the server moves the run's snapshot into the spare's folders (the locked files are written
+into the read-only files already bound there), renames its log into place and sends the word: the script
+and its seed. The process then runs the script as `__main__`, as
 `python script.py` would, and the server's clock on it starts at that word.
 
 A spare is started when a run of its slot hands its model over (the export leaves a core idle on a CPU and
@@ -36,9 +39,11 @@ from server.runner import LocalExecution, Runner, RunSpec
 # the interpreter's packages only; a module that fails to import is the run's to meet, as it would be cold.
 LAUNCHER = """\
 import builtins, importlib, json, os, sys, types
-for name in ("numpy", "torch", "torch.nn.functional", "torch._dynamo", "torch.export",
-             "torch.export.pt2_archive._package", "argparse", "concurrent.futures", "http.client",
-             "urllib.request", "zipfile", "resource"):
+names = ["numpy", "torch", "torch.nn.functional", "argparse", "concurrent.futures", "http.client",
+         "urllib.request", "zipfile", "resource"]
+if os.path.exists("/dev/nvidiactl") and os.environ.get("AUTORESEARCH_DEVICE", "cuda") != "cpu":
+    names += ["torch._dynamo", "torch.export", "torch.export.pt2_archive._package"]  # the CPU is free there
+for name in names:
     try:
         importlib.import_module(name)
     except Exception:
@@ -59,7 +64,7 @@ main.__dict__.update(__file__=path, __builtins__=builtins, __spec__=None, __pack
 sys.modules["__main__"] = main
 with open(path, "rb") as source:
     code = compile(source.read(), path, "exec")
-del word, null, name, source, path
+del word, null, name, names, source, path
 exec(code, main.__dict__)
 """
 SEED_VAR = "AUTORESEARCH_SEED"
@@ -152,7 +157,8 @@ class Spares:
         """The slot's spare, if one was started and is still waiting (it is the caller's from now)."""
         with self._lock:
             spare = self._spares.pop(slot, None)
-        if spare is not None and spare.execution.wait(0.0) is not None:  # it died waiting
+        if spare is not None and not spare.execution.alive():  # it died waiting (its limits start at the word)
+            spare.execution.wait(0.0)
             return None
         return spare
 

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import psutil
 import pytest
-from conftest import make_fake_repo, needs_bwrap
+from conftest import FAKE_CONFIG, make_fake_repo, needs_bwrap
 from mcp import Client
 
 from server import app
@@ -152,3 +152,21 @@ def test_the_servers_spares_end_with_its_session(tmp_path: Path, monkeypatch: py
     for proc in spare_processes():
         proc.wait(10)
     assert not spare_processes()
+
+
+@needs_bwrap
+def test_a_spare_waits_longer_than_a_runs_time_limit_and_is_still_used(tmp_path: Path) -> None:
+    """An agent may think for minutes between runs: a spare's limits start when it becomes the run."""
+    config = FAKE_CONFIG.replace("timeout = 10", "timeout = 2")
+    repo = make_fake_repo(tmp_path / "repo", config)
+    lab = Lab(repo, load_config(repo), spares=True)
+    try:
+        lab.run("cold", data=PROBE.encode())
+        lab.keep()
+        spare = ready_spare(lab)
+        time.sleep(lab.config.hard_timeout + 0.5)
+        run = lab.run("after a long think", data=(PROBE + "# later\n").encode())
+        assert run.status == "ok" and run.warm_start and run.wall_seconds is not None and run.wall_seconds < 2
+        assert gone(spare.pid)  # it ran and ended
+    finally:
+        lab.close()
