@@ -131,7 +131,7 @@ def launch(
         expected = run_spec(config, places, spares.folders(spare.folder), 0, spare.token, candidate.device)
         if spares.fits(spare, expected, candidate.snapshot, [*config.locked, CONFIG_NAME]):
             return spares.become(spare, spec, mine)
-        spare.execution.kill("cancelled")
+        spares.dismiss(spare)
     return runner.start(spec)
 
 

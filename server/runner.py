@@ -286,6 +286,11 @@ class LocalExecution:
         kill_by_token(self.spec.token, since=self.wall_started)
         self._reader.join(timeout=10)
         self._log.close()
+        if self.proc.stdin is not None and not self.proc.stdin.closed:  # a spare that never got its word
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
         usage = self._usage

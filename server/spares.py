@@ -158,7 +158,7 @@ class Spares:
         with self._lock:
             spare = self._spares.pop(slot, None)
         if spare is not None and not spare.execution.alive():  # it died waiting (its limits start at the word)
-            spare.execution.wait(0.0)
+            dismiss(spare)
             return None
         return spare
 
@@ -168,7 +168,14 @@ class Spares:
             self._closed = True
             spares, self._spares = list(self._spares.values()), {}
         for spare in spares:
-            spare.execution.kill("cancelled")
+            dismiss(spare)
+
+
+def dismiss(spare: Spare) -> None:
+    """Kill a spare that will not be used, and collect it (its log closed, its process reaped)."""
+    spare.execution.kill("cancelled")
+    spare.execution.wait(5.0)
+    shutil.rmtree(spare.folder, ignore_errors=True)
 
 
 def become(spare: Spare, spec: RunSpec, mine: tuple[Path, Path, Path, Path]) -> LocalExecution:
