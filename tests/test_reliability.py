@@ -148,8 +148,10 @@ def test_server_killed_mid_run_is_recovered_on_restart(repo: Path, tmp_path: Pat
         assert not server.tool("keep")[0]
         assert not server.tool("write_train", content=set_mode("hang"))[0]
         server.start("tools/call", {"name": "run_experiment", "arguments": {"description": "hangs"}})
-        info = wait_for(lambda: lock_info(repo).get("token") and lock_info(repo))
-        orphans = wait_for(lambda: processes_with_token(info["token"]))
+        # The slot is described once the run is created and again at its launch, when a spare's token (the
+        # one its processes carry) replaces the run's own: read it until the processes are found by it.
+        info = wait_for(lambda: (now := lock_info(repo)).get("token") and processes_with_token(now["token"]) and now)
+        orphans = processes_with_token(info["token"])
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait()
     if HAS_BWRAP:  # the sandbox dies with its server (--die-with-parent), and every process with the sandbox
