@@ -413,7 +413,7 @@ class Lab:
         if spare is not None:  # the spare's processes carry its token: recovery must find them by it
             active.candidate = dataclasses.replace(active.candidate, token=spare.token)
             active.info["token"] = spare.token
-        active.slot.describe({**active.info, "log": str(active.candidate.log), "seed": active.candidate.record.seed})
+        slot.describe({**active.info, "log": str(active.candidate.log), "seed": active.candidate.record.seed})
         active.execution = launch(self.runner, self.config, self.places, active.candidate, spare)
         active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
         active.measured = False
@@ -536,9 +536,7 @@ class Lab:
         """Whether a first seed's metric beats the best's (or there is none yet): then its holdout is scored
         with its evaluation, and a keep finds it ready."""
         best = self.best()
-        if best is None or best.metric is None:
-            return True
-        return (best.metric - metric) * (1.0 if self.config.direction == "minimize" else -1.0) > 0
+        return self.config.better(metric, best.metric if best else None)
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
         """Run what is left of the seeds (or kill the current one when cancelled), combine them into the run's

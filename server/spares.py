@@ -9,8 +9,8 @@ cores and slowed it by about as much as it saved (measured with bench/run.py --o
 any run has been read when it waits: the launcher is the server's, the modules are the interpreter's. When
 the run starts, the server moves the run's snapshot into the spare's folders (the locked files are written
 into the read-only files already bound there), renames its log into place and sends the word: the script
-and its seed. The process then runs the script as `__main__`, as
-`python script.py` would, and the server's clock on it starts at that word.
+and its seed. The process then runs the script as `__main__`, as `python script.py` would, and the server's
+clock on it starts at that word.
 
 A spare is started when a run of its slot hands its model over (the export leaves a core idle on a CPU and
 the machine is idle on a GPU), or when a run is recorded and the slot has none. One that no longer fits (the
