@@ -61,6 +61,7 @@ TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # second
 EVAL_TOKENS = 40 * 524288  # validation tokens scored (capped at the split); the server's config sets its own
 EVAL_BATCH_SIZE = 2  # rows per evaluation batch on a CPU (fastest there: the logits stay in cache), unless set
 EVAL_BATCH_SIZE_GPU = 32  # rows per evaluation batch on a GPU
+EVAL_LOSS_CHUNK_CPU = 256  # tokens per cross-entropy slice on a CPU: their logits stay in cache (3x faster)
 VOCAB_SIZE = 8192  # tokens, special tokens included
 VAL_FRACTION = 0.05  # fraction of each document (its tail) held out as validation
 HOLDOUT_FRACTION = 0.05  # fraction of each training document (its tail, just before val) held out for the server
@@ -806,9 +807,12 @@ def evaluate_bpb(
 def _eval_batch(model, rows, token_bytes, device) -> tuple[torch.Tensor, int]:
     batch = rows.to(device)
     x, y = batch[:, :-1], batch[:, 1:]
-    logits = model(x)
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
-    loss = loss.double().cpu()
+    logits, targets = model(x), y.reshape(-1)
+    logits = logits.reshape(-1, logits.size(-1))
+    chunk = len(targets) if logits.is_cuda else EVAL_LOSS_CHUNK_CPU  # the same per-token losses either way
+    losses = [F.cross_entropy(logits[i : i + chunk].float(), targets[i : i + chunk], reduction="none")
+              for i in range(0, len(targets), chunk)]  # fmt: skip
+    loss = torch.cat(losses).double().cpu()
     nb = token_bytes[y.reshape(-1).cpu()]
     if not torch.isfinite(loss[nb > 0]).all():
         raise BadModel("the model's logits give a non-finite loss (NaN or inf) on the validation data")

@@ -143,6 +143,26 @@ def test_handed_over_model_scores_what_it_scores_in_process(
     assert result["tokens"] == len(val_tokens(prepare))
 
 
+def test_the_loss_in_slices_sums_what_one_cross_entropy_over_every_token_sums(
+    prepare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate_bpb takes the cross-entropy a slice of tokens at a time on a CPU (a slice that does not divide
+    a row here); the figure is the closed form over every token at once: nats of byte-bearing targets over
+    ln 2 times their bytes."""
+    model = tiny_gpt(prepare, monkeypatch).eval()
+    monkeypatch.setattr(prepare, "EVAL_LOSS_CHUNK_CPU", 100)
+    rows = prepare.eval_rows("val")
+    token_bytes = torch.from_numpy(np.load(prepare.dataset_dir() / "token_bytes.npy").astype(np.int64))
+    with torch.no_grad():
+        logits = model(rows[:, :-1])
+    targets = rows[:, 1:].reshape(-1)
+    nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets, reduction="none")
+    nbytes = token_bytes[targets]
+    expected = float(nats.double()[nbytes > 0].sum()) / (math.log(2) * int(nbytes.sum()))
+    assert prepare.evaluate_bpb(model, 1, rows) == pytest.approx(expected, rel=1e-9)
+    assert prepare.evaluate_bpb(model, 2, rows, pad=True) == pytest.approx(expected, rel=1e-9)
+
+
 def test_evaluator_scores_the_configured_number_of_tokens(
     prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
