@@ -14,6 +14,7 @@ PHASE_LABELS = {  # from the server's record of each run: its clock on the run's
     "holdout": "holdout: the same evaluator, when the run beat the best (keep then finds it ready)",
     "server_rest": "the rest of the call: commit, snapshot, sandbox set-up, records, reply",
     "decision": "the keep/discard call",
+    "think": "the client's think time (--think; left out of the percentages)",
     "client_gap": "client between calls (rest)",
 }
 
@@ -79,12 +80,15 @@ def _share(part: dict[str, Any], whole: dict[str, Any]) -> str:
 
 
 def throughput(r: dict[str, Any]) -> str:
-    rows = [[PHASE_LABELS[k], fmt(r[k]), _share(r[k], r["cycle"])] for k in PHASE_LABELS if k in r]
+    rows = [[PHASE_LABELS[k], fmt(r[k]), _share(r[k], r["cycle"])] for k in PHASE_LABELS
+            if k in r and (k != "think" or r.get("think_s"))]  # fmt: skip
     rows.append(["**whole iteration**", fmt(r["cycle"]), "100%"])
     return "\n\n".join([
         f"## 2. Loop throughput at a {r['budget_s']:g} s budget",
         f"{r['iterations']} iterations of the real `experiment/train.py` ({r['model']}, dataset {r['dataset']}) "
-        "driven over stdio; an iteration runs from one `run_experiment` call to the next, keep/discard included.",
+        "driven over stdio; an iteration runs from one `run_experiment` call to the next, keep/discard included"
+        + (f"; the client thinks {r['think_s']:g} s after each decision, and the percentages leave that out."
+           if r.get("think_s") else "."),
         table(["figure", "value"], [
             ["experiments per hour", fmt(r["experiments_per_hour"], 1)],
             ["limit (3600 / budget)", f"{r['limit_per_hour']:.1f}"],

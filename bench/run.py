@@ -64,7 +64,7 @@ def run_part(part: str, args: argparse.Namespace) -> dict[str, Any]:
     if part == "overhead":
         return overhead.run(args.quick)
     if part == "throughput":
-        return throughput.run(args.quick, args.iterations, args.budget)
+        return throughput.run(args.quick, args.iterations, args.budget, args.think)
     if part == "context":
         return context.run(args.quick)
     if part == "sandbox":
@@ -100,6 +100,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    "each with its own commit and settings")  # fmt: skip
     p.add_argument("--iterations", type=int, help="throughput iterations (default 3; quick 1)")
     p.add_argument("--budget", type=float, help="throughput budget in seconds (default 60; quick 1)")
+    p.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="throughput: seconds the client waits after each "
+        "decision, as an agent thinks; percentages then leave that time out (default 0)",
+    )
     p.add_argument("--pool-budget", type=float, help="pool: the sleep experiment's budget (default 5; quick 1)")
     p.add_argument("--pool-waves", type=int, help="pool: waves counted per runner and slot count (default 5; quick 1)")
     args = p.parse_args(argv)

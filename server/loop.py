@@ -555,8 +555,8 @@ class Lab:
                 active.warm.execution.kill("cancelled")  # an evaluator never released
             cleanup(active.candidate)
             active.slot.release()
-            if self.spares is not None:  # for a run that never handed a model over
-                self.spares.prepare(active.slot.index, active.slot.device)
+            if self.spares is not None:  # started at the hand-over, else now; the tracer's imports now
+                self.spares.prepare(active.slot.index, active.slot.device, warm=True)
 
     def drive(self, active: ActiveRun) -> RunRecord:
         """Run a started run's seeds to the end, blocking; cancelled (killed and recorded) on any interruption."""

@@ -237,6 +237,15 @@ class LocalExecution:
         """Call hook(name) from the output reader as each marker line arrives ("start", "end", "saved")."""
         self._on_mark = hook
 
+    def tell(self, line: bytes) -> None:
+        """Write a line to the standard input of a process started with stdin_pipe, before its word."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        except OSError:  # it died waiting: whoever takes it finds it dead
+            pass
+
     def begin(self, word: bytes) -> None:
         """A process started with stdin_pipe is told what to run: the clock (and the wall-clock limit) start
         again from here, and the word goes to its standard input, which is then closed."""

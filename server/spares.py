@@ -1,12 +1,13 @@
 """Spare run processes: a slot's next run, started before there is a run, waiting in its sandbox.
 
 A run's start-up is mostly the interpreter importing torch (about 1 s on a CPU) and, at its end, the exporter
-importing torch's tracer (about 1 s more). A spare is the process the slot's next run will be: started with
-the run's own sandbox, environment and limits, on folders of its own, it imports torch (and, where a GPU
-will do the evaluation and the CPU is free meanwhile, the tracer) and waits on its standard input. On a CPU
-the tracer is left to the run's hand-over: imported in the spare, it ran beside the evaluation on the same
-cores and slowed it by about as much as it saved (measured with bench/run.py --only throughput). No code of
-any run has been read when it waits: the launcher is the server's, the modules are the interpreter's. When
+importing torch's tracer (about 1.2 s more). A spare is the process the slot's next run will be: started
+with the run's own sandbox, environment and limits, on folders of its own, it imports torch and waits on its
+standard input. Where a GPU trains, it imports the tracer at once (the CPU is free). On a CPU it imports the
+tracer when the server says "warm", once the previous run is recorded and the machine waits for the agent:
+imported earlier, it ran beside the evaluation on the same cores and slowed it by about as much as it saved
+(measured with bench/run.py --only throughput). No code of any run has been read when it waits: the
+launcher is the server's, the modules are the interpreter's. When
 the run starts, the server moves the run's snapshot into the spare's folders (the locked files are written
 into the read-only files already bound there), renames its log into place and sends the word: the script
 and its seed. The process then runs the script as `__main__`, as `python script.py` would, and the server's
@@ -35,20 +36,26 @@ from server.config import Config
 from server.isolation import Places
 from server.runner import LocalExecution, Runner, RunSpec
 
-# The launcher: the imports every run pays, then the word on stdin, then the script as __main__. Stdlib and
-# the interpreter's packages only; a module that fails to import is the run's to meet, as it would be cold.
+# The launcher: the imports every run pays, then the word on stdin, then the script as __main__. Before the
+# word, a line "warm" asks for the tracer's imports too. Stdlib and the interpreter's packages only; a module
+# that fails to import is the run's to meet, as it would be cold.
 LAUNCHER = """\
 import builtins, importlib, json, os, sys, types
-names = ["numpy", "torch", "torch.nn.functional", "argparse", "concurrent.futures", "http.client",
-         "urllib.request", "zipfile", "resource"]
+def load(names):
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+tracer = ["torch._dynamo", "torch.export", "torch.export._trace", "torch.export.pt2_archive._package"]
+load(["numpy", "torch", "torch.nn.functional", "argparse", "concurrent.futures", "http.client",
+      "urllib.request", "zipfile", "resource"])
 if os.path.exists("/dev/nvidiactl") and os.environ.get("AUTORESEARCH_DEVICE", "cuda") != "cpu":
-    names += ["torch._dynamo", "torch.export", "torch.export.pt2_archive._package"]  # the CPU is free there
-for name in names:
-    try:
-        importlib.import_module(name)
-    except Exception:
-        pass
+    load(tracer)  # the CPU is free there
 word = sys.stdin.readline()
+while word.strip() == "warm":
+    load(tracer)
+    word = sys.stdin.readline()
 if not word.strip():
     os._exit(0)
 word = json.loads(word)
@@ -64,10 +71,11 @@ main.__dict__.update(__file__=path, __builtins__=builtins, __spec__=None, __pack
 sys.modules["__main__"] = main
 with open(path, "rb") as source:
     code = compile(source.read(), path, "exec")
-del word, null, name, names, source, path
+del word, null, source, path, load, tracer
 exec(code, main.__dict__)
 """
 SEED_VAR = "AUTORESEARCH_SEED"
+WARM = b"warm\n"
 log = logging.getLogger("autoresearch")
 
 
@@ -109,31 +117,38 @@ class Spares:
         self._build = build  # a run's spec in the given folders, with seed 0 (the word carries the seed)
         self._spares: dict[int, Spare] = {}
         self._lock = threading.Lock()
-        self._asks: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        self._asks: queue.Queue[tuple[int, str | None, bool]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def prepare(self, slot: int, device: str | None) -> None:
-        """Have a spare ready for the slot (started on the spares' thread; nothing if it has one)."""
+    def prepare(self, slot: int, device: str | None, warm: bool = False) -> None:
+        """Have a spare ready for the slot (started on the spares' thread; nothing if it has one). With warm,
+        the machine is about to idle (the slot's run is recorded; the agent reads it and thinks): the spare
+        imports the tracer now, which the run's hand-over would otherwise import after the budget."""
         with self._lock:
-            if slot in self._spares or self._closed:
+            if self._closed or (slot in self._spares and not warm):
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="spares", daemon=True)
                 self._thread.start()
-        self._asks.put((slot, device))
+        self._asks.put((slot, device, warm))
 
     def _serve(self) -> None:
         while True:
-            slot, device = self._asks.get()
-            with self._lock:
-                if slot in self._spares:
+            slot, device, warm = self._asks.get()
+            with self._lock:  # a spare already taken by a run is not told anything: it is that run now
+                spare = self._spares.get(slot)
+                if spare is not None:
+                    if warm:
+                        spare.execution.tell(WARM)
                     continue
             try:
                 spare = self._start(slot, device)
             except Exception as exc:  # a spare only saves time: the run starts cold, and fails there if it must
                 log.warning("no spare for slot %d: %s", slot, exc)
                 continue
+            if warm:  # before any run can take it
+                spare.execution.tell(WARM)
             with self._lock:
                 closed, self._spares[slot] = self._closed, spare
             if closed:  # closed while it started

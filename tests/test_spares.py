@@ -25,14 +25,14 @@ from server.spares import LAUNCHER
 # Says what it sees, then prints the old contract's summary (the fake repository is self-reported).
 PROBE = """\
 import json, os, sys
-preloaded = "torch" in sys.modules
+preloaded, tracer = "torch" in sys.modules, "torch._dynamo" in sys.modules
 try:
     open("prepare.py", "a").close()
     locked = "writable"
 except OSError:
     locked = "read-only"
 seen = {"name": __name__, "file": __file__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
-        "seed": os.environ.get("AUTORESEARCH_SEED"), "preloaded": preloaded, "locked": locked,
+        "seed": os.environ.get("AUTORESEARCH_SEED"), "preloaded": preloaded, "tracer": tracer, "locked": locked,
         "prepare": open("prepare.py").read(), "output": os.environ["AUTORESEARCH_OUTPUT"]}
 open(os.path.join(os.environ["AUTORESEARCH_OUTPUT"], "written.txt"), "w").write("from the run")
 print("PROBE " + json.dumps(seen))
@@ -85,6 +85,7 @@ def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> No
     assert not cold.warm_start and warm.warm_start
     before, after = probe(lab, cold.id), probe(lab, warm.id)
     assert before["preloaded"] is False and after["preloaded"] is True  # torch was imported ahead
+    assert before["tracer"] is False and after["tracer"] is True  # the tracer too, once the cold run was recorded
     for seen in (before, after):
         assert seen["name"] == "__main__" and seen["argv"] == ["train.py"]
         assert seen["file"] == str(Path(seen["cwd"]) / "train.py")
