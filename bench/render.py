@@ -11,7 +11,7 @@ PHASE_LABELS = {  # from the server's record of each run: its clock on the run's
     "training": "timed training (the budget, on the server's clock)",
     "handover": "hand-over: the end of training to the process's exit (torch.export of the model)",
     "evaluation": "evaluation: the server's word to the warm evaluator until its result",
-    "holdout": "holdout: the same evaluator, when the run beat the best (keep then finds it ready)",
+    "holdout": "holdout: the same evaluator, when a keep could take the run (keep then finds it ready)",
     "server_rest": "the rest of the call: commit, snapshot, sandbox set-up, records, reply",
     "decision": "the keep/discard call",
     "think": "the client's think time (--think; left out of the percentages)",

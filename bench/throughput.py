@@ -3,8 +3,8 @@
 An iteration is everything from one run_experiment call to the next, sandboxed and scored by the server's
 evaluator as in real use. Its phases come from the server's own record of the run (its clock on the marker
 lines): start-up (process start to timed training), training, hand-over (the export), evaluation (from the
-server's word to the warm evaluator until its result), the holdout (scored by the same evaluator when the run
-beat the best, so that keep finds it ready), the rest of the call (the commit, the sandbox, the
+server's word to the warm evaluator until its result), the holdout (scored by the same evaluator when a keep
+could take the run, so that keep finds it ready), the rest of the call (the commit, the sandbox, the
 records), and the keep/discard call and the client's gap.
 
 With --think S the client waits S seconds after each decision, as an agent reading the result and editing

@@ -522,8 +522,13 @@ class Lab:
             return candidate.record.model_copy(update={"status": "cancelled", "reason": reason, "ended_at": now()})
         outcome = collect(active.execution, cancelled)
         changed = tampered(self.config, candidate, self.root, self.pins_path)
+        more = bool(active.seeds_left) or active.base is not None  # keep will judge the seeds' mean
+
+        def keepable(metric: float) -> bool:
+            return self.may_keep(candidate.record, metric, more)
+
         measured = measure(self.repo, self.runner, self.config, self.places, candidate, outcome, changed,
-                           active.warm, self._may_keep)  # fmt: skip
+                           active.warm, keepable)  # fmt: skip
         active.warm = None
         active.measured = True
         record = classify(candidate.record, measured, self.config)
@@ -532,11 +537,15 @@ class Lab:
         cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
         return record
 
-    def _may_keep(self, metric: float) -> bool:
-        """Whether a first seed's metric beats the best's (or there is none yet): then its holdout is scored
-        with its evaluation, and a keep finds it ready."""
+    def may_keep(self, run: RunRecord, metric: float, more_seeds: bool) -> bool:
+        """Whether a keep could take a run whose first seed scored `metric` without force: then the holdout is
+        scored with its evaluation, and the keep finds it ready. With more seeds to come (or a pending run's
+        seeds to combine), keep judges their mean, so any gain on the best may do; a run of one seed must
+        pass the keep gate itself (beyond the noise band), else its holdout would be scored for nothing."""
         best = self.best()
-        return self.config.better(metric, best.metric if best else None)
+        if best is None or best.metric is None or more_seeds:
+            return self.config.better(metric, best.metric if best else None)
+        return self.judge(run.model_copy(update={"status": "ok", "metric": metric, "repeats": []})).beyond
 
     def finish_run(self, active: ActiveRun, cancelled: bool = False) -> RunRecord:
         """Run what is left of the seeds (or kill the current one when cancelled), combine them into the run's

@@ -11,13 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import HAS_BWRAP, load_prepare, real_experiment_repo
+from conftest import HAS_BWRAP, load_prepare, make_fake_repo, real_experiment_repo
 from mcp import Client
 from pydantic import ValidationError
 
 from server import app
 from server.config import Config, load_config
-from server.history import History, RunRecord
+from server.history import History, RunRecord, SeedRun
 from server.holdout import holdout_note, score_holdout
 from server.loop import Lab
 from server.plot import render_png
@@ -72,6 +72,29 @@ def test_the_flag_shows_in_the_human_table_and_plot(tmp_path: Path) -> None:
     caption = holdout_caption(runs)
     assert caption is not None and caption.startswith("! run 2:")
     assert render_png(runs)[:4] == b"\x89PNG"
+
+
+def test_the_holdout_is_scored_early_only_for_a_run_the_keep_gate_could_take(tmp_path: Path) -> None:
+    """The evaluator scores the holdout right after validation only when a keep could take the run without
+    force: no best yet; a gain beyond the noise band for a run of one seed; any gain when more seeds follow
+    (keep judges their mean)."""
+    repo = make_fake_repo(tmp_path / "repo")
+    lab = Lab(repo, load_config(repo))
+    candidate = RunRecord(id=2, commit="c2", parent="c1", description="an idea")
+    assert lab.may_keep(candidate, 1.0, more_seeds=False)  # no best: the baseline may be kept
+    seeds = [SeedRun(seed=0, status="ok", metric=1.00), SeedRun(seed=1, status="ok", metric=1.02)]
+    baseline = RunRecord(id=1, commit="c1", parent="c0", description="baseline", repeats=seeds)
+    lab.history.record(baseline, "start")
+    lab.history.record(baseline.model_copy(update={"status": "ok", "metric": 1.01}), "end")
+    lab.history.decide(1, "keep")
+    # mean 1.01, std 0.0141 over two seeds: one seed must gain 6.31 * 0.0141 * sqrt(1/2 + 1) = 0.109 at 95%
+    assert lab.judge(candidate.model_copy(update={"status": "ok", "metric": 1.0})).required == pytest.approx(
+        0.109, abs=1e-3
+    )
+    assert not lab.may_keep(candidate, 1.0, more_seeds=False)  # better, inside the noise: keep would refuse it
+    assert lab.may_keep(candidate, 0.89, more_seeds=False)  # beyond the band
+    assert lab.may_keep(candidate, 1.0, more_seeds=True)  # more seeds may carry the mean beyond it
+    assert not lab.may_keep(candidate, 1.05, more_seeds=True)  # worse than the best
 
 
 # -- a real tiny model through the MCP tools ------------------------------------------------------------------
