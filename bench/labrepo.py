@@ -169,11 +169,12 @@ class BenchRepo:
 
 
 def _config(editable: str, locked: str, command: str, budget: float, eval_tokens: int, env: dict[str, str],
-            extra: tuple[str, ...] = ()) -> str:  # fmt: skip
+            extra: tuple[str, ...] = (), noise_seeds: int = 1) -> str:  # fmt: skip
     lines = ["[autoresearch]", 'tag = "bench"', f'editable = "{editable}"', f'locked = ["{locked}"]',
              f"command = {command}", f"time_budget = {budget:g}", f"timeout = {2 * budget + 120:g}",
              "kill_grace = 1", f"eval_tokens = {eval_tokens}",
-             "noise_seeds = 1",  # one run per call: these benchmarks time runs; bench/noise.py costs the floor
+             # one run per call unless asked: these benchmarks time runs; bench/noise.py costs the floor
+             f"noise_seeds = {noise_seeds}",
              *extra, "", "[autoresearch.env]"]  # fmt: skip
     return "\n".join([*lines, *(f'{k} = "{v}"' for k, v in env.items()), ""])
 
@@ -230,10 +231,11 @@ def default_dataset() -> dict[str, str]:
 
 
 def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, eval_tokens: int,
-              sandbox: str = "bwrap", device: str | None = "cpu") -> BenchRepo:  # fmt: skip
+              sandbox: str = "bwrap", device: str | None = "cpu", noise_seeds: int = 1) -> BenchRepo:  # fmt: skip
     """The project's experiment/ in a fresh repository, configured like the default autoresearch.toml: the
-    server's evaluator scores each run (the stamps file is out of the sandbox's reach: phases come from the
-    server's own record of each run); device None lets train.py pick (CUDA first)."""
+        server's evaluator scores each run (the stamps file is out of the sandbox's reach: phases come from the
+        server's own record of each run); device None lets train.py pick (CUDA first). noise_seeds: the seeds of
+    the tag's first run (1: every call is one run)."""
     path.mkdir(parents=True)
     shutil.copytree(EXPERIMENT, path / "experiment", ignore=shutil.ignore_patterns("__pycache__", "output"))
     env, stamps = _stamp_env(path)
@@ -241,7 +243,8 @@ def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, e
     env.update({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})
     command = '["{python}", "experiment/train.py"]'
     (path / "autoresearch.toml").write_text(_config("experiment/train.py", "experiment/prepare.py", command,
-                                                    budget, eval_tokens, env, (f'sandbox = "{sandbox}"',)))  # fmt: skip
+                                                    budget, eval_tokens, env, (f'sandbox = "{sandbox}"',),
+                                                    noise_seeds))  # fmt: skip
     _commit(path)
     return BenchRepo(path, "experiment/train.py", stamps, env, [PYTHON, "experiment/train.py"], budget, eval_tokens,
                      evaluate=True)  # fmt: skip

@@ -98,10 +98,21 @@ def throughput(r: dict[str, Any]) -> str:
             ["runs scored `ok`", fmt(r["ok"], 2)],
             ["a fresh `python -c 'import torch, numpy'` (part of set-up)", fmt(r["import_torch_s"])],
         ]),
+        *_setup(r.get("setup")),
         "Where an iteration goes (seconds; share of the median iteration):",
         table(["phase", "seconds", "share"], rows),
         *_eval_stages(r.get("eval_stages", {})),
     ])  # fmt: skip
+
+
+def _setup(setup: dict[str, float] | None) -> list[str]:
+    """The tag's first run, before the iterations: the baseline on the default gate's seeds."""
+    if not setup:
+        return []
+    holdout = setup.get("holdout_score")
+    return [f"Set-up, not counted: the baseline on {setup['seeds']:g} seeds (the noise floor), kept, in "
+            f"{setup['call_seconds']:.1f} s" + (f"; its evaluator scored the holdout in {holdout:.2f} s, as it "
+            "does for every run a keep could take." if holdout is not None else ".")]  # fmt: skip
 
 
 EVAL_STAGES = {"load": "load the model (archive checks, deserialising)", "check": "contract check (probes)",
