@@ -99,6 +99,7 @@ def throughput(r: dict[str, Any]) -> str:
             ["a fresh `python -c 'import torch, numpy'` (part of set-up)", fmt(r["import_torch_s"])],
         ]),
         *_setup(r.get("setup")),
+        *[f"Run {f['run']} was not scored `ok`: {f['status']} ({f['reason']})." for f in r.get("not_ok", [])],
         "Where an iteration goes (seconds; share of the median iteration):",
         table(["phase", "seconds", "share"], rows),
         *_eval_stages(r.get("eval_stages", {})),

@@ -67,8 +67,9 @@ def eval_stages(run_dir: Path) -> dict[str, float]:
 
 
 async def measure(repo: BenchRepo, iterations: int, think: float = 0.0
-                  ) -> tuple[list[dict[str, float]], dict[str, float]]:  # fmt: skip
-    """The iterations' rows, and the set-up's figures (the baseline: its call's seconds, seeds, evaluator)."""
+                  ) -> tuple[list[dict[str, float]], dict[str, Any]]:  # fmt: skip
+    """The iterations' rows, and the rest: the set-up's figures (the baseline: its call's seconds, seeds,
+    evaluator) and what went wrong with any run not scored `ok` (its status, reason and evaluator's log)."""
     calls: list[tuple[int, float, float, float]] = []  # run id, call seconds, decision seconds, call start
     async with Client(repo.server_params()) as client:
         baseline = await checked(client, "run_experiment", description="baseline: the noise floor")
@@ -88,8 +89,19 @@ async def measure(repo: BenchRepo, iterations: int, think: float = 0.0
     ends = [c[3] for c in calls[1:]] + [started]  # an iteration ends where the next call starts
     runs = repo.path / ".autoresearch" / "bench" / "runs"
     setup.update(eval_stages(runs / str(baseline.data["run_id"])))
-    return [{**_iteration(done[run_id], call_s, decision_s, end - start, think), **eval_stages(runs / str(run_id))}
-            for (run_id, call_s, decision_s, start), end in zip(calls, ends, strict=True)], setup  # fmt: skip
+    rows = [{**_iteration(done[run_id], call_s, decision_s, end - start, think), **eval_stages(runs / str(run_id))}
+            for (run_id, call_s, decision_s, start), end in zip(calls, ends, strict=True)]  # fmt: skip
+    failed = [{"run": run_id, "status": done[run_id].get("status"), "reason": done[run_id].get("reason"),
+               "evaluator_log": _tail(runs / str(run_id) / "eval-val.log")}
+              for run_id, *_ in calls if done[run_id].get("status") != "ok"]  # fmt: skip
+    return rows, {"setup": setup, "not_ok": failed}
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def import_seconds(repeats: int) -> dict[str, float]:
@@ -129,8 +141,8 @@ def run(quick: bool, iterations: int | None = None, budget: float | None = None,
         data = tiny_dataset(work / "data") if quick else default_dataset()
         seeds = 2 if quick else Config().noise_seeds  # the product's default gate; quick: the fewest that measure
         repo = real_repo(work / "repo", data, budget, tiny=quick, eval_tokens=40 * 524288, noise_seeds=seeds)
-        rows, setup = anyio.run(measure, repo, iterations, think)
-        result = {**report(rows, budget, think), "setup": setup}
+        rows, more = anyio.run(measure, repo, iterations, think)
+        result = {**report(rows, budget, think), **more}
         result["dataset"] = data.get("AUTORESEARCH_DATASET", "default (prepare.py with no arguments)")
         result["model"] = "tiny" if quick else "the CPU default of train.py"
         result["import_torch_s"] = import_seconds(1 if quick else 3)
