@@ -59,6 +59,24 @@ def ready_spare(lab: Lab, slot: int = 0) -> LocalExecution:
     raise AssertionError("no spare was started")
 
 
+def settle(pid: int, quiet: float = 0.5, limit: float = 60.0) -> None:
+    """Wait until the process and its children use no CPU for `quiet` seconds: a spare that has done its
+    imports (torch, then the exporter's after the line `warm`) and waits on its standard input."""
+
+    def used() -> float:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    end, before = time.monotonic() + limit, used()
+    while time.monotonic() < end:
+        time.sleep(quiet)
+        now = used()
+        if now == before:
+            return
+        before = now
+    raise AssertionError("the spare never went idle")
+
+
 def gone(pid: int) -> bool:
     try:
         return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
@@ -165,6 +183,7 @@ def test_a_spare_waits_longer_than_a_runs_time_limit_and_is_still_used(tmp_path:
         lab.run("cold", data=PROBE.encode())
         lab.keep()
         spare = ready_spare(lab)
+        settle(spare.pid)  # its imports done: what follows is waiting alone, longer than the run's limit
         time.sleep(lab.config.hard_timeout + 0.5)
         run = lab.run("after a long think", data=(PROBE + "# later\n").encode())
         assert run.status == "ok" and run.warm_start and run.wall_seconds is not None and run.wall_seconds < 2
