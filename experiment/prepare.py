@@ -25,7 +25,9 @@ import argparse
 import base64
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
+import gc
 import hashlib
 import http.client
 import importlib.util
@@ -38,6 +40,8 @@ import socket
 import sys
 import threading
 import time
+import types
+import typing
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -850,6 +854,7 @@ def save_model(model: torch.nn.Module) -> Path:
     out = output_dir()
     device = next(model.parameters()).device
     idx = torch.zeros((eval_batch_size(get_device()), MAX_SEQ_LEN), dtype=torch.long, device=device)
+    gc.freeze()  # the training's objects: the exporter's many collections need not walk them
     try:
         with torch.no_grad():
             program = torch.export.export(model.eval(), (idx,))
@@ -862,6 +867,8 @@ def save_model(model: torch.nn.Module) -> Path:
         (out / EXPORT_ERROR_FILE).write_text(reason + "\n")
         print(f"FAIL: the model could not be exported: {reason}", flush=True)
         sys.exit(3)
+    finally:
+        gc.unfreeze()
     print(MARK_SAVED, flush=True)
     return out / MODEL_FILE
 
@@ -972,7 +979,8 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
 def load_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], int | None]:
     """The handed-over model as a function of idx, after the archive and graph checks, and the batch it was
     exported for (None when its batch is dynamic: it takes any)."""
-    program = torch.export.load(read_archive(path))
+    with _type_hints_cached():
+        program = torch.export.load(read_archive(path))
     signature = program.graph_signature
     if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
         raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
@@ -990,6 +998,36 @@ def load_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], int 
             module.graph.erase_node(node)
     module.recompile()
     return module, batch
+
+
+@contextlib.contextmanager
+def _type_hints_cached() -> Iterator[None]:
+    """torch's deserializer asks typing.get_type_hints of a schema class again for every object it builds,
+    half of loading the default model; the answer for a class does not change while loading, so it is kept.
+    Elsewhere (another torch, other callers), get_type_hints is untouched."""
+    try:
+        from torch._export.serde import schema, serialize
+    except ImportError:
+        yield
+        return
+    plain = getattr(serialize, "typing", None)
+    if plain is not typing:
+        yield
+        return
+    found: dict[Any, dict[str, Any]] = {}
+
+    def hints(obj: Any, globalns: Any = None, localns: Any = None, include_extras: bool = False) -> dict[str, Any]:
+        if globalns is not vars(schema) or localns is not None or include_extras:
+            return typing.get_type_hints(obj, globalns, localns, include_extras)
+        if obj not in found:
+            found[obj] = typing.get_type_hints(obj, globalns)
+        return found[obj]
+
+    serialize.typing = types.SimpleNamespace(**{**vars(typing), "get_type_hints": hints})  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        serialize.typing = typing  # type: ignore[attr-defined]
 
 
 def _fixed_batch(program: Any, name: str) -> int | None:
@@ -1054,7 +1092,8 @@ def check_contract(
 
 
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, vocab: int) -> torch.Tensor:
-    """The model's float32 logits for x, `batch` rows a call, each call's output checked for shape and finiteness."""
+    """The model's logits for x as float32, `batch` rows a call, each call's output checked for shape and
+    finiteness."""
     out = []
     for i in range(0, len(x), batch):
         logits = model(x[i : i + batch])
@@ -1095,6 +1134,22 @@ def eval_autocast(device: torch.device) -> Any:
     return contextlib.nullcontext()
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> bool:
+    """Keep freed memory in the process for its next tensors. glibc gives a block of 32 MiB or more back to
+    the system when it is freed, and a CPU evaluation's logits are 32 MiB a batch (2 x 512 x 8192 float32):
+    depending on what ran before, every batch's tensors then came back as fresh pages, 580K page faults and a
+    third more time in one scoring of the default model. The evaluator lives for one model: nothing is lost.
+    False where the C library has no mallopt (not glibc)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def wait_for(go_file: Path) -> bool:
     """A warm evaluator (started with the run, imports done) waits for the server's word: True to score
     the model, False when the run earned no evaluation."""
@@ -1111,10 +1166,12 @@ def evaluate_main(
     loaded and checked, into holdout.json beside the result (the server asks when the run may be kept)."""
     import torch.export.pt2_archive._package  # noqa: F401  # the loader's imports, done before the wait
 
+    kept = keep_freed_memory()
     eval_tokens = int(os.environ.get("AUTORESEARCH_EVAL_TOKENS", EVAL_TOKENS))
     meta, device = load_meta(), get_device()
     batch_size = eval_batch_size(device)
     rows = eval_rows(split, eval_tokens)
+    gc.freeze()  # what is loaded so far lives to the end: the collections while scoring need not walk it
     if go_file is not None and not wait_for(go_file):
         return 0
     laps = [time.time()]  # the go, then the end of each stage: load, contract check, scoring
@@ -1123,7 +1180,8 @@ def evaluate_main(
         model, fixed = load_model(model_path)
         batch_size = fixed or batch_size
         laps.append(time.time())
-        check_contract(model, rows, int(meta["vocab_size"]), device, batch_size)
+        with eval_autocast(device):  # the model as it is scored: a model must not be causal in one precision only
+            check_contract(model, rows, int(meta["vocab_size"]), device, batch_size)
         laps.append(time.time())
         bpb = score(model, batch_size, rows, device, fixed is not None)
         laps.append(time.time())
@@ -1134,7 +1192,8 @@ def evaluate_main(
         result = {"status": "bad_model", "reason": str(exc)}
     except Exception as exc:  # the graph failed to load or to run: the model's fault, said in one line
         result = {"status": "bad_model", "reason": f"the model failed to load or run: {export_reason(exc)}"}
-    result.update(split=split, eval_seconds=round(time.time() - laps[0], 3), device=str(get_device()))
+    result.update(split=split, eval_seconds=round(time.time() - laps[0], 3), device=str(get_device()),
+                  freed_memory_kept=kept)  # fmt: skip
     atomic_write_json(result_path, result)
     print(json.dumps(result), flush=True)
     if result["status"] == "ok" and holdout_word is not None and wait_for(holdout_word):

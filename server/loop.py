@@ -407,7 +407,8 @@ class Lab:
 
     def launch_seed(self, active: ActiveRun) -> None:
         """Start the current seed's process (in the slot's spare when there is one) and, where the runner
-        allows, its evaluator beside it; the slot's next spare starts once this one hands its model over."""
+        allows, its evaluator beside it; the slot's next spare starts now, its imports in what the run leaves
+        idle."""
         slot = active.slot
         spare = self.spares.take(slot.index) if self.spares is not None else None
         if spare is not None:  # the spare's processes carry its token: recovery must find them by it
@@ -417,14 +418,8 @@ class Lab:
         active.execution = launch(self.runner, self.config, self.places, active.candidate, spare)
         active.warm = start_warm(self.repo, self.runner, self.config, self.places, active.candidate)
         active.measured = False
-        spares = self.spares
-        if spares is not None and isinstance(active.execution, LocalExecution):
-
-            def handed_over(mark: str) -> None:
-                if mark == "end":
-                    spares.prepare(slot.index, slot.device)
-
-            active.execution.when_marked(handed_over)
+        if self.spares is not None and isinstance(active.execution, LocalExecution):
+            self.spares.prepare(slot.index, slot.device)
 
     def close(self) -> None:
         """Stop what this Lab keeps running between runs (its spares)."""
@@ -564,8 +559,8 @@ class Lab:
                 active.warm.execution.kill("cancelled")  # an evaluator never released
             cleanup(active.candidate)
             active.slot.release()
-            if self.spares is not None:  # started at the hand-over, else now; the tracer's imports now
-                self.spares.prepare(active.slot.index, active.slot.device, warm=True)
+            if self.spares is not None:  # started with the run, else now
+                self.spares.prepare(active.slot.index, active.slot.device)
 
     def drive(self, active: ActiveRun) -> RunRecord:
         """Run a started run's seeds to the end, blocking; cancelled (killed and recorded) on any interruption."""

@@ -153,7 +153,6 @@ class LocalExecution:
     ) -> None:
         self.spec = spec
         self._on_output = on_output  # also handed every chunk of output (a remote runner streams it)
-        self._on_mark: Callable[[str], None] | None = None
         self.spare = False  # started ahead of its run (server/spares.py): its clock starts at begin()
         self.started = time.monotonic()
         self.wall_started = time.time()
@@ -207,8 +206,6 @@ class LocalExecution:
             for line in lines[-50:]:
                 text = line.decode("utf-8", "replace").strip()
                 self._clock.stamp(text, arrived)
-                if self._on_mark is not None and text in MARKERS:
-                    self._on_mark(MARKERS[text])
                 progress = parse_progress(text)
                 self._progress = progress or self._progress
 
@@ -232,19 +229,6 @@ class LocalExecution:
     def alive(self) -> bool:
         """Whether the process still runs (no limit is enforced here: see wait)."""
         return not self._exited.is_set()
-
-    def when_marked(self, hook: Callable[[str], None]) -> None:
-        """Call hook(name) from the output reader as each marker line arrives ("start", "end", "saved")."""
-        self._on_mark = hook
-
-    def tell(self, line: bytes) -> None:
-        """Write a line to the standard input of a process started with stdin_pipe, before its word."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(line)
-            self.proc.stdin.flush()
-        except OSError:  # it died waiting: whoever takes it finds it dead
-            pass
 
     def begin(self, word: bytes) -> None:
         """A process started with stdin_pipe is told what to run: the clock (and the wall-clock limit) start

@@ -2,21 +2,21 @@
 
 A run's start-up is mostly the interpreter importing torch (about 1 s on a CPU) and, at its end, the exporter
 importing torch's tracer (about 1.2 s more). A spare is the process the slot's next run will be: started
-with the run's own sandbox, environment and limits, on folders of its own, it imports torch and waits on its
-standard input. Where a GPU trains, it imports the tracer at once (the CPU is free). On a CPU it imports the
-tracer when the server says "warm", once the previous run is recorded and the machine waits for the agent:
-imported earlier, it ran beside the evaluation on the same cores and slowed it by about as much as it saved
-(measured with bench/run.py --only throughput). No code of any run has been read when it waits: the
-launcher is the server's, the modules are the interpreter's. When
-the run starts, the server moves the run's snapshot into the spare's folders (the locked files are written
-into the read-only files already bound there), renames its log into place and sends the word: the script
-and its seed. The process then runs the script as `__main__`, as `python script.py` would, and the server's
-clock on it starts at that word.
+with the run's own sandbox, environment and limits, on folders of its own, it imports torch and the tracer
+and waits on its standard input. It is started when a run of its slot starts, and imports in a thread of
+the lowest priority (nice 19): on a CPU the run trains on every core, so the imports take only what the
+training leaves idle (a 20 s run gave up no steps to them, where the same imports at normal priority cost
+it a fifth of its steps). No code of any run has been read when it waits: the launcher is the server's,
+the modules are the interpreter's. When the run starts, the server moves the run's snapshot into the
+spare's folders (the locked files are written into the read-only files already bound there), renames its
+log into place and sends the word: the script and its seed. The process then runs the script as
+`__main__`, as `python script.py` would, and the server's clock on it starts at that word. A spare whose
+imports are not done when the word comes (the machine was busy the whole run) replaces itself with a cold
+`python script.py`, at normal priority: never slower than a cold start, and never a run at low priority.
 
-A spare is started when a run of its slot hands its model over (the export leaves a core idle on a CPU and
-the machine is idle on a GPU), or when a run is recorded and the slot has none. One that no longer fits (the
-configuration, the data or the sandbox changed) is killed and the run starts cold. Spares need the sandbox:
-unsandboxed, the run's paths would move under it.
+A spare is also started when a run is recorded and the slot has none. One that no longer fits (the
+configuration, the data or the sandbox changed) is killed and the run starts cold. Spares need the
+sandbox: unsandboxed, the run's paths would move under it.
 """
 
 from __future__ import annotations
@@ -36,26 +36,31 @@ from server.config import Config
 from server.isolation import Places
 from server.runner import LocalExecution, Runner, RunSpec
 
-# The launcher: the imports every run pays, then the word on stdin, then the script as __main__. Before the
-# word, a line "warm" asks for the tracer's imports too. Stdlib and the interpreter's packages only; a module
-# that fails to import is the run's to meet, as it would be cold.
+# The launcher: numpy here (its BLAS threads would inherit a low priority), torch and the tracer in a
+# thread at the lowest priority, then the word on stdin, then the script as __main__ (or, when the imports
+# are not done, a cold `python script.py` in this process, at normal priority). Stdlib and the interpreter's
+# packages only; a module that fails to import is the run's to meet, as it would be cold.
 LAUNCHER = """\
-import builtins, importlib, json, os, sys, types
+import builtins, importlib, json, os, sys, threading, types
 def load(names):
     for name in names:
         try:
             importlib.import_module(name)
         except Exception:
             pass
-tracer = ["torch._dynamo", "torch.export", "torch.export._trace", "torch.export.pt2_archive._package"]
-load(["numpy", "torch", "torch.nn.functional", "argparse", "concurrent.futures", "http.client",
-      "urllib.request", "zipfile", "resource"])
-if os.path.exists("/dev/nvidiactl") and os.environ.get("AUTORESEARCH_DEVICE", "cuda") != "cpu":
-    load(tracer)  # the CPU is free there
+def background():
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass
+    load(["torch", "torch.nn.functional", "argparse", "concurrent.futures", "http.client", "urllib.request",
+          "zipfile", "resource", "torch._dynamo", "torch.export", "torch.export._trace",
+          "torch.export.pt2_archive._package"])
+    ready.set()
+load(["numpy"])
+ready = threading.Event()
+threading.Thread(target=background, daemon=True).start()
 word = sys.stdin.readline()
-while word.strip() == "warm":
-    load(tracer)
-    word = sys.stdin.readline()
 if not word.strip():
     os._exit(0)
 word = json.loads(word)
@@ -63,6 +68,9 @@ null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(null, 0)
 os.close(null)
 os.environ.update(word["env"])
+if not ready.is_set():
+    os.write(1, b"autoresearch: the spare's imports were not done; the script starts cold\\n")
+    os.execv(sys.executable, [sys.executable, *word["argv"]])
 sys.argv = list(word["argv"])
 path = os.path.abspath(sys.argv[0])  # as `python script.py` has them: __file__ absolute, argv[0] as given
 sys.path[0] = os.path.dirname(path)
@@ -71,11 +79,11 @@ main.__dict__.update(__file__=path, __builtins__=builtins, __spec__=None, __pack
 sys.modules["__main__"] = main
 with open(path, "rb") as source:
     code = compile(source.read(), path, "exec")
-del word, null, source, path, load, tracer
+del word, null, source, path, load, background, ready
 exec(code, main.__dict__)
 """
+NOT_READY = "autoresearch: the spare's imports were not done; the script starts cold"  # the line it then prints
 SEED_VAR = "AUTORESEARCH_SEED"
-WARM = b"warm\n"
 log = logging.getLogger("autoresearch")
 
 
@@ -117,38 +125,31 @@ class Spares:
         self._build = build  # a run's spec in the given folders, with seed 0 (the word carries the seed)
         self._spares: dict[int, Spare] = {}
         self._lock = threading.Lock()
-        self._asks: queue.Queue[tuple[int, str | None, bool]] = queue.Queue()
+        self._asks: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def prepare(self, slot: int, device: str | None, warm: bool = False) -> None:
-        """Have a spare ready for the slot (started on the spares' thread; nothing if it has one). With warm,
-        the machine is about to idle (the slot's run is recorded; the agent reads it and thinks): the spare
-        imports the tracer now, which the run's hand-over would otherwise import after the budget."""
+    def prepare(self, slot: int, device: str | None) -> None:
+        """Have a spare ready for the slot (started on the spares' thread; nothing if it has one)."""
         with self._lock:
-            if self._closed or (slot in self._spares and not warm):
+            if self._closed or slot in self._spares:
                 return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="spares", daemon=True)
                 self._thread.start()
-        self._asks.put((slot, device, warm))
+        self._asks.put((slot, device))
 
     def _serve(self) -> None:
         while True:
-            slot, device, warm = self._asks.get()
-            with self._lock:  # a spare already taken by a run is not told anything: it is that run now
-                spare = self._spares.get(slot)
-                if spare is not None:
-                    if warm:
-                        spare.execution.tell(WARM)
+            slot, device = self._asks.get()
+            with self._lock:
+                if slot in self._spares:
                     continue
             try:
                 spare = self._start(slot, device)
             except Exception as exc:  # a spare only saves time: the run starts cold, and fails there if it must
                 log.warning("no spare for slot %d: %s", slot, exc)
                 continue
-            if warm:  # before any run can take it
-                spare.execution.tell(WARM)
             with self._lock:
                 closed, self._spares[slot] = self._closed, spare
             if closed:  # closed while it started

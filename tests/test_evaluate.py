@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import platform
 import subprocess
 import sys
 import zipfile
@@ -39,6 +40,23 @@ class Peeking(Uniform):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return super().forward(idx) + idx.float().sum(dim=1, keepdim=True)[..., None] * 1e-3
+
+
+class PeekingInLowPrecision(Uniform):
+    """Causal in float32, looking ahead under bf16 autocast, the precision a CPU with bf16 scores in: a matmul
+    whose float32 answer is exact and known, and whose bf16 answer is not, gates a peek at the row's future."""
+
+    WEIGHT = 1 + 2**-10  # a float32 number that bf16 rounds to 1
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__(vocab_size)
+        self.weight = torch.nn.Parameter(torch.full((1, 4), self.WEIGHT))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(*idx.shape, 4)
+        gate = torch.nn.functional.linear(ones, self.weight).float() - 4 * self.WEIGHT  # 0; in bf16 -2**-8
+        future = idx.float().sum(dim=1, keepdim=True)[..., None]
+        return super().forward(idx) + gate * future
 
 
 class Mixing(Uniform):
@@ -141,6 +159,64 @@ def test_handed_over_model_scores_what_it_scores_in_process(
     result = evaluator(prepare, path, tmp_path, AUTORESEARCH_EVAL_BATCH="8")
     assert result["status"] == "ok" and result["bpb"] == pytest.approx(expected, rel=1e-9)
     assert result["tokens"] == len(val_tokens(prepare))
+    assert result["freed_memory_kept"] is (platform.libc_ver()[0] == "glibc")  # see the test below
+
+
+def test_the_loader_with_its_type_hints_kept_builds_the_program_torch_builds(
+    prepare: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluator keeps the deserializer's type hints while it loads: the same program as torch's own
+    load, each schema class's hints asked for once, and torch's module as it was afterwards."""
+    import typing
+
+    from torch._export.serde import serialize
+
+    path = prepare.save_model(tiny_gpt(prepare, monkeypatch))
+    asked: list[object] = []
+    plain = typing.get_type_hints
+
+    def counted(obj: object, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        asked.append(obj)
+        return plain(obj, *args, **kwargs)
+
+    monkeypatch.setattr(typing, "get_type_hints", counted)
+    theirs = torch.export.load(prepare.read_archive(path))
+    uncached = len(asked)
+    asked.clear()
+    ours, _ = prepare.load_model(path)
+    assert 0 < len(asked) == len(set(asked)) < uncached / 10
+    assert serialize.typing is typing  # type: ignore[attr-defined]
+    x = prepare.eval_rows("val")[:, :-1].repeat(2, 1)[:2]  # the batch it was exported for
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs.module()(x))
+
+
+FAULTS = """
+import resource, sys, torch
+sys.path.insert(0, sys.argv[2])
+import prepare
+if sys.argv[1] == "keep":
+    assert prepare.keep_freed_memory()
+torch.ones(8 << 20).add_(1)  # 32 MiB of float32, as a CPU evaluation's logits are per batch
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(8 << 20).add_(1)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's parameters are glibc's")
+def test_the_evaluator_keeps_freed_memory_for_its_next_tensors() -> None:
+    """glibc hands a freed block of 32 MiB back to the system, so the next one is fresh pages (8K page faults
+    each); after keep_freed_memory the evaluator's next tensors reuse the memory."""
+
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", FAULTS, mode, str(EXPERIMENT)], capture_output=True, text=True,
+                              check=True, timeout=120)  # fmt: skip
+        return int(done.stdout.split()[-1])
+
+    assert faults("plain") > 9 * 8192  # every one of the ten mapped anew
+    assert faults("keep") < 4 * 8192  # the heap grows once or twice, then its memory is reused
 
 
 def test_the_loss_in_slices_sums_what_one_cross_entropy_over_every_token_sums(
@@ -178,6 +254,18 @@ def test_models_that_cheat_are_refused(prepare: ModuleType, tmp_path: Path, mode
     path = prepare.save_model(model(prepare.load_meta()["vocab_size"]))
     result = evaluator(prepare, path, tmp_path)
     assert result["status"] == "bad_model" and why in result["reason"]
+
+
+def test_a_model_that_looks_ahead_only_in_the_scoring_precision_is_refused(prepare: ModuleType, tmp_path: Path) -> None:
+    """The contract is checked under the autocast the model is scored in: a check in float32 alone passes a
+    model whose peek at the future opens only in bf16."""
+    if not isinstance(prepare.eval_autocast(torch.device("cpu")), torch.autocast):
+        pytest.skip("this CPU has no bf16: the evaluator checks and scores in float32 alone")
+    model = PeekingInLowPrecision(prepare.load_meta()["vocab_size"])
+    rows = prepare.eval_rows("val")
+    prepare.check_contract(model, rows, model.vocab_size, torch.device("cpu"))  # float32: it passes
+    result = evaluator(prepare, prepare.save_model(model), tmp_path)
+    assert result["status"] == "bad_model" and "must be causal" in result["reason"], result
 
 
 def test_wrong_output_and_nan_are_refused(prepare: ModuleType, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from server.config import load_config
 from server.history import History
 from server.loop import Lab
 from server.runner import LocalExecution
-from server.spares import LAUNCHER
+from server.spares import LAUNCHER, NOT_READY
 
 # Says what it sees, then prints the old contract's summary (the fake repository is self-reported).
 PROBE = """\
@@ -33,7 +33,8 @@ except OSError:
     locked = "read-only"
 seen = {"name": __name__, "file": __file__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
         "seed": os.environ.get("AUTORESEARCH_SEED"), "preloaded": preloaded, "tracer": tracer, "locked": locked,
-        "prepare": open("prepare.py").read(), "output": os.environ["AUTORESEARCH_OUTPUT"]}
+        "prepare": open("prepare.py").read(), "output": os.environ["AUTORESEARCH_OUTPUT"],
+        "nice": os.getpriority(os.PRIO_PROCESS, 0)}
 open(os.path.join(os.environ["AUTORESEARCH_OUTPUT"], "written.txt"), "w").write("from the run")
 print("PROBE " + json.dumps(seen))
 print("---")
@@ -61,7 +62,7 @@ def ready_spare(lab: Lab, slot: int = 0) -> LocalExecution:
 
 def settle(pid: int, quiet: float = 0.5, limit: float = 60.0) -> None:
     """Wait until the process and its children use no CPU for `quiet` seconds: a spare that has done its
-    imports (torch, then the exporter's after the line `warm`) and waits on its standard input."""
+    imports (torch and the exporter's) and waits on its standard input."""
 
     def used() -> float:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
@@ -75,6 +76,22 @@ def settle(pid: int, quiet: float = 0.5, limit: float = 60.0) -> None:
             return
         before = now
     raise AssertionError("the spare never went idle")
+
+
+def niced_threads(pid: int, limit: float = 20.0) -> list[int]:
+    """The nice values of the threads of the spare's processes, once one of them is above 0 (its imports)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        nice = []
+        for proc in procs:
+            for thread in proc.threads():
+                stat = Path(f"/proc/{proc.pid}/task/{thread.id}/stat").read_text()
+                nice.append(int(stat.rsplit(")", 1)[1].split()[16]))
+        if any(n > 0 for n in nice):
+            return nice
+        time.sleep(0.02)
+    raise AssertionError("no thread of the spare runs at a low priority")
 
 
 def gone(pid: int) -> bool:
@@ -91,7 +108,10 @@ def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> No
     try:
         cold = lab.run("cold", data=PROBE.encode())
         lab.keep()
-        spare = ready_spare(lab)  # started when the cold run was recorded
+        spare = ready_spare(lab)  # started with the cold run
+        nice = niced_threads(spare.pid)  # imports at the lowest priority, the rest at the normal one
+        assert 19 in nice and 0 in nice, nice
+        settle(spare.pid)  # its imports done, as after a run of any length on a quiet machine
         active = lab.start_run("warm", data=(PROBE + "# again\n").encode())
         assert active.execution is spare  # the spare became the run...
         slot_file = json.loads((lab.state / "slots" / "0.lock").read_text())
@@ -103,8 +123,9 @@ def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> No
     assert not cold.warm_start and warm.warm_start
     before, after = probe(lab, cold.id), probe(lab, warm.id)
     assert before["preloaded"] is False and after["preloaded"] is True  # torch was imported ahead
-    assert before["tracer"] is False and after["tracer"] is True  # the tracer too, once the cold run was recorded
+    assert before["tracer"] is False and after["tracer"] is True  # the tracer too
     for seen in (before, after):
+        assert seen["nice"] == 0  # the run itself at the normal priority
         assert seen["name"] == "__main__" and seen["argv"] == ["train.py"]
         assert seen["file"] == str(Path(seen["cwd"]) / "train.py")
         assert seen["path0"] == seen["cwd"] and Path(seen["cwd"]).name == "tree"
@@ -113,6 +134,30 @@ def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> No
         assert seen["prepare"] == (repo / "prepare.py").read_text()  # with the pinned bytes
     # What the run wrote in its output folder is in the run's folder, where the server reads it.
     assert (lab.history.run_dir(warm.id) / "out" / "written.txt").read_text() == "from the run"
+
+
+@needs_bwrap
+def test_a_spare_told_to_run_before_its_imports_are_done_starts_the_script_cold(tmp_path: Path) -> None:
+    """Its imports run at the lowest priority; a run never waits for them: the spare replaces itself with a
+    cold `python train.py`, the same run in every other respect."""
+    repo = make_fake_repo(tmp_path / "repo")
+    lab = Lab(repo, load_config(repo), spares=True)
+    try:
+        lab.spares.prepare(0, None)  # type: ignore[union-attr]
+        spare = ready_spare(lab)  # started, and at once told to run: torch alone takes longer to import
+        active = lab.start_run("at once", data=PROBE.encode())
+        assert active.execution is spare
+        run = lab.drive(active)
+    finally:
+        lab.close()
+    assert run.status == "ok" and run.warm_start, run.reason
+    seen = probe(lab, run.id)
+    assert seen["preloaded"] is False and seen["tracer"] is False  # a fresh interpreter ran the script
+    assert seen["name"] == "__main__" and seen["argv"] == ["train.py"] and seen["path0"] == seen["cwd"]
+    assert seen["seed"] == str(lab.config.seed) and seen["locked"] == "read-only" and seen["nice"] == 0
+    assert seen["output"] == str(Path(seen["cwd"]).parent / "out")  # the run's own output folder
+    assert NOT_READY in (lab.history.run_dir(run.id) / "log.txt").read_text()
+    assert (lab.history.run_dir(run.id) / "out" / "written.txt").read_text() == "from the run"
 
 
 @needs_bwrap
