@@ -209,8 +209,8 @@ class Warm:
 
 def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, candidate: Candidate) -> Warm | None:
     """The run's evaluator, started at once where the runner shares this machine's files. Not niced: a
-    niced process on a busy machine waits behind everything else, and its imports are done in the run's
-    own start-up anyway. The first seed's may score the holdout after validation (see measure)."""
+    niced process on a busy machine waits behind everything else (its imports run beside the first seconds
+    of the run's training). The first seed's may score the holdout after validation (see measure)."""
     if not config.evaluated or not getattr(runner, "warm", False):
         return None
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")

@@ -48,7 +48,6 @@ class RunSpec:
     view: sandbox.View | None = None  # None: unsandboxed (sandbox = "off")
     memory_limit_mb: float = 0.0  # 0: no limit
     max_processes: int = 0  # 0: no limit
-    nice: int = 0  # added niceness: a warm evaluator waits in the background of the run
 
 
 @dataclass(frozen=True)
@@ -164,8 +163,6 @@ class LocalExecution:
         self._log = _CappedLog(spec.log_path, spec.max_log_bytes)
         env = {**spec.env, RUN_TOKEN_VAR: spec.token}
         argv = sandbox.command(spec.view, spec.argv, spec.cwd) if spec.view is not None else spec.argv
-        if spec.nice and shutil.which("nice"):
-            argv = ["nice", "-n", str(spec.nice), *argv]
         self.proc = subprocess.Popen(
             argv, cwd=spec.cwd, env=env, stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
