@@ -1076,8 +1076,10 @@ def check_contract(
     logits = _forward(model, x, batch, vocab)
     if batch > 1:  # row 0 with other rows beside it: its logits must not move
         mixed = torch.cat([x[:1], donors])
-        if not _close(_forward(model, mixed, batch, vocab)[:1], logits[:1]):
-            raise BadModel("a row's logits change with the other rows of its batch; rows must be independent")
+        beside = _forward(model, mixed, batch, vocab)[:1]
+        if not _close(beside, logits[:1]):
+            raise BadModel(f"a row's logits change with the other rows of its batch ({_moved(beside, logits[:1])}"
+                           "); rows must be independent")  # fmt: skip
     rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
     cuts = [int(rng.integers(1, MAX_SEQ_LEN)) for _ in range(n)]
     changed = x.clone()  # each row's future replaced by another row's
@@ -1088,7 +1090,8 @@ def check_contract(
     after = _forward(model, changed, batch, vocab)
     for i, cut in enumerate(cuts):
         if not _close(after[i, :cut], logits[i, :cut]):
-            raise BadModel(f"the logits at position {cut - 1} depend on later tokens; the model must be causal")
+            raise BadModel(f"the logits at position {cut - 1} depend on later tokens (they moved "
+                           f"{_moved(after[i, :cut], logits[i, :cut])}); the model must be causal")  # fmt: skip
 
 
 def _forward(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int, vocab: int) -> torch.Tensor:
@@ -1124,6 +1127,15 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-4) -> bool:
     return bool((error <= want.abs().mul_(tol).add_(tol)).all())
 
 
+def _moved(got: torch.Tensor, want: torch.Tensor) -> str:
+    """How far logits moved that must not have: the evidence a refusal names, so that a false refusal can be
+    told from a real one by its figures."""
+    error = (got.float() - want).abs()
+    worst = int(error.argmax())
+    position = worst // want.size(-1) % want.size(-2) if want.dim() > 1 else worst
+    return f"by up to {float(error.max()):.3g} at position {position} (tolerance 1e-4 + 1e-4 |logit|)"
+
+
 def eval_autocast(device: torch.device) -> Any:
     """bfloat16 autocast where the hardware has it (CUDA, CPUs with AMX or AVX512-BF16), as training does;
     float32 elsewhere. Fixed per machine, so every run of a night is scored alike."""
@@ -1132,6 +1144,22 @@ def eval_autocast(device: torch.device) -> Any:
     if device.type == "cuda" or fast_cpu:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+EVAL_CPU_ISA = "AVX512_CORE_BF16"  # oneDNN's ceiling for the evaluator's kernels on a CPU with AMX
+
+
+def pin_cpu_kernels() -> str | None:
+    """On a CPU with AMX, cap oneDNN (and torch's own brgemm kernels, which ask oneDNN) at AVX512-BF16 in the
+    evaluator's process: the same bfloat16 arithmetic, through the kernels whose rows are checked exact on
+    AVX512-BF16 CPUs (tests/test_evaluate.py). On an AMX CPU, honest models with 16-channel heads were refused
+    as mixing rows; the AMX kernels of the oneDNN in torch 2.13 (3.12) read a K tail past a row's valid
+    columns and rely on padding to cancel it, a path upstream found leaking in 2026 (oneDNN issue 5717).
+    Runs before the process's first kernel. The ceiling in force, or None on a CPU without AMX; a ceiling
+    the human set in ONEDNN_MAX_CPU_ISA is kept."""
+    if not getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return None
+    return os.environ.setdefault("ONEDNN_MAX_CPU_ISA", EVAL_CPU_ISA)
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
@@ -1164,6 +1192,7 @@ def evaluate_main(
     """Score a handed-over model and write {"status", "bpb" | "reason", ...} to result_path. With holdout_word,
     a model scored well then waits for a second word: "go" scores the holdout split too, with the model already
     loaded and checked, into holdout.json beside the result (the server asks when the run may be kept)."""
+    kernels = pin_cpu_kernels()  # before any kernel runs
     import torch.export.pt2_archive._package  # noqa: F401  # the loader's imports, done before the wait
 
     kept = keep_freed_memory()
@@ -1193,7 +1222,7 @@ def evaluate_main(
     except Exception as exc:  # the graph failed to load or to run: the model's fault, said in one line
         result = {"status": "bad_model", "reason": f"the model failed to load or run: {export_reason(exc)}"}
     result.update(split=split, eval_seconds=round(time.time() - laps[0], 3), device=str(get_device()),
-                  freed_memory_kept=kept)  # fmt: skip
+                  freed_memory_kept=kept, cpu_kernels_capped_at=kernels)  # fmt: skip
     atomic_write_json(result_path, result)
     print(json.dumps(result), flush=True)
     if result["status"] == "ok" and holdout_word is not None and wait_for(holdout_word):

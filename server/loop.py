@@ -422,9 +422,10 @@ class Lab:
             self.spares.prepare(slot.index, slot.device)
 
     def close(self) -> None:
-        """Stop what this Lab keeps running between runs (its spares)."""
+        """Stop what this Lab keeps running between runs: its spares, and git's helper processes."""
         if self.spares is not None:
             self.spares.close()
+        self.repo.close()
 
     def _rebasable(self, run_id: int) -> RunRecord:
         run = self.history.get(run_id)
@@ -529,7 +530,7 @@ class Lab:
         record = classify(candidate.record, measured, self.config)
         if getattr(active.execution, "spare", False):
             record = record.model_copy(update={"warm_start": True})
-        cleanup(candidate)  # free what the run wrote before recording: the disk may be what failed
+        cleanup(candidate, refused=record.status == "bad_model")  # before recording: the disk may be what failed
         return record
 
     def may_keep(self, run: RunRecord, metric: float, more_seeds: bool) -> bool:
@@ -557,7 +558,7 @@ class Lab:
         finally:
             if active.warm is not None:
                 active.warm.execution.kill("cancelled")  # an evaluator never released
-            cleanup(active.candidate)
+            cleanup(active.candidate, refused=bool(active.results) and active.results[-1].status == "bad_model")
             active.slot.release()
             if self.spares is not None:  # started with the run, else now
                 self.spares.prepare(active.slot.index, active.slot.device)
@@ -737,7 +738,8 @@ class Lab:
             verdict = self.judge(run) if run.status == "ok" else None
             self.history.decide(run.id, "discard", required_gain=verdict.required if verdict else None,
                                 beyond_noise=verdict.beyond if verdict else None, lesson=lesson)  # fmt: skip
-            shutil.rmtree(self.history.run_dir(run.id) / "out", ignore_errors=True)  # its model is not needed
+            if run.status != "bad_model":  # a refused model is the evidence of why; any other is not needed
+                shutil.rmtree(self.history.run_dir(run.id) / "out", ignore_errors=True)
             return self.history.get(run.id) or run
 
     def _sync_editable(self, commit: str) -> None:

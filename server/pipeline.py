@@ -320,9 +320,10 @@ def record_end(repo: git.Repo, config: Config, history: History, record: RunReco
     history.record(record, "end")
 
 
-def cleanup(candidate: Candidate) -> None:
-    """Free what the run wrote; its logs, result and model stay (the model until the run is discarded)."""
+def cleanup(candidate: Candidate, refused: bool = False) -> None:
+    """Free what the run wrote; its logs, result and model stay (the model until the run is discarded). A
+    later seed's model goes, unless the evaluator refused it: a refused model is the evidence of why."""
     for folder in ("tree", "tmp", "eval", "eval-val-tmp", "eval-holdout-tmp"):
         shutil.rmtree(candidate.run_dir / folder, ignore_errors=True)
-    if candidate.repeat:  # only the first seed's model is kept (for the holdout)
+    if candidate.repeat and not refused:  # only the first seed's model is kept (for the holdout)
         shutil.rmtree(candidate.output, ignore_errors=True)

@@ -384,3 +384,79 @@ def test_export_failure_names_the_reason_and_exits_3(prepare: ModuleType, tmp_pa
     reason = (Path(os.environ["AUTORESEARCH_OUTPUT"]) / "export_error.txt").read_text()
     assert "data-dependent" in reason and len(reason) < 400
     assert io.StringIO(reason).readline().strip() == reason.strip()  # one line
+
+
+BF16_CPU = any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile"))
+AMX_CPU = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+PROBES = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+import prepare
+capped = prepare.pin_cpu_kernels()  # as evaluate_main does, before the first kernel
+model, batch = prepare.load_model(prepare.Path(sys.argv[2]))
+rows, vocab, device = prepare.eval_rows("val"), int(prepare.load_meta()["vocab_size"]), torch.device("cpu")
+refusals = []
+for shift in range(1, 13):  # other neighbours each time: the rows shifted, and the same rows changed
+    probe = torch.cat([rows[:1], (rows.roll(shift, dims=1) + shift) % vocab])
+    try:
+        with prepare.eval_autocast(device):
+            prepare.check_contract(model, probe, vocab, device, batch or 2)
+    except prepare.BadModel as why:
+        refusals.append(str(why))
+print(json.dumps({"refusals": refusals, "capped": capped}))
+"""
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU has neither AVX512-BF16 nor AMX: the evaluator checks and scores "
+                    "in float32, and the bfloat16 kernels this guards do not run here")  # fmt: skip
+def test_an_honest_model_passes_every_probe_in_bfloat16_whatever_its_neighbours(
+    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default model at its smallest (16-channel heads, width 32: the shapes refused on an AMX CPU), with
+    weights large enough that every path counts, checked 12 times beside other rows in the evaluator's own
+    precision and kernels: its rows are independent and causal, so no probe may refuse it."""
+    model = tiny_gpt(prepare, monkeypatch)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.5)
+    path = prepare.save_model(model)
+    out = subprocess.run([sys.executable, "-c", PROBES, str(EXPERIMENT), str(path)], env=dict(os.environ),
+                         capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["refusals"] == [] and result["capped"] == (prepare.EVAL_CPU_ISA if AMX_CPU else None), result
+
+
+KERNEL = """
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+import prepare
+if sys.argv[2] == "simulate":  # this CPU has no AMX: cap one level below what it has, so the cap shows
+    torch.cpu._is_amx_tile_supported = lambda: True
+    prepare.EVAL_CPU_ISA = "AVX512_CORE"
+if sys.argv[2] != "uncapped":
+    prepare.pin_cpu_kernels()
+torch.randn(64, 48).bfloat16() @ torch.randn(48, 64).bfloat16()
+"""
+
+
+def bf16_matmul_kernel(mode: str) -> str:
+    """The oneDNN implementation that ran a bf16 matmul in a fresh process (from ONEDNN_VERBOSE)."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"} | {"ONEDNN_VERBOSE": "1"}
+    out = subprocess.run([sys.executable, "-c", KERNEL, str(EXPERIMENT), mode], env=env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    lines = [line.split(",") for line in out.stdout.splitlines() if ",primitive,exec,cpu,matmul," in line]
+    assert lines, out.stdout + out.stderr
+    return lines[0][6]
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU has no bfloat16 kernels (AVX512-BF16 or AMX) to cap")
+def test_the_evaluator_caps_its_cpu_kernels_below_amx_before_the_first_one_runs() -> None:
+    """On an AMX CPU the evaluator's bf16 kernels are oneDNN's AVX512-BF16 ones, set from inside the process
+    after torch is imported. On a CPU without AMX the cap is simulated one level lower, so that the test
+    still proves the mechanism: the kernel changes."""
+    if AMX_CPU:
+        assert "amx" in bf16_matmul_kernel("uncapped") and "amx" not in bf16_matmul_kernel("capped")
+    else:
+        assert "avx512_core_bf16" in bf16_matmul_kernel("uncapped")
+        assert "avx512_core_bf16" not in bf16_matmul_kernel("simulate")
+        assert load_prepare().pin_cpu_kernels() is None  # nothing to cap here
