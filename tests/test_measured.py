@@ -169,3 +169,13 @@ def test_a_model_that_looks_ahead_is_refused_by_the_evaluator(lab: Lab) -> None:
     source = (EXPERIMENT / "train.py").read_text().replace("is_causal=True", "is_causal=False")
     record, _ = run(lab, source)
     assert record.status == "bad_model" and "must be causal" in (record.reason or "") and record.metric is None
+
+
+def test_a_refused_model_is_kept_as_the_evidence_after_discard(lab: Lab) -> None:
+    """Scenario: Measurement / the refused archive stays in its run folder, discarded or not, so a human can load
+    it again and see why (an ok model that is discarded is not needed and goes)"""
+    source = (EXPERIMENT / "train.py").read_text().replace("is_causal=True", "is_causal=False")
+    refused, _ = run(lab, source)
+    assert refused.status == "bad_model" and "moved by up to" in (refused.reason or "")
+    lab.discard(refused.id)
+    assert (lab.history.run_dir(refused.id) / "out" / "model.pt2").is_file()
