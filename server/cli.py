@@ -1,4 +1,4 @@
-"""The `autoresearch` command: prepare, run, keep, discard, noise, serve, history, plot, watch, pin, demo.
+"""The `autoresearch` command: prepare, run, keep, discard, noise, serve, history, plot, report, finalize, watch.
 
 Every error a user can make ends with one sentence on stderr and a non-zero exit, never a traceback.
 """
@@ -163,6 +163,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The morning report of one tag: Markdown with its pictures beside it, or one HTML page."""
+    from server.report import default_out, gather
+    from server.report_render import write_report
+
+    config, history = history_of(args)
+    if not history.events_path.exists():
+        raise ConfigError(f"there is no history for tag {history.folder.name!r} under {history.folder.parent}; "
+                          "pass --tag with a tag that has run.")  # fmt: skip
+    report = gather(history, config.metric, config.direction, config.confidence)
+    out_path = Path(args.out) if args.out else default_out(history.folder.parent, report.tag, args.html)
+    written = write_report(report, out_path, args.html)
+    out.print(f"wrote {written[0]}" + (f" (a snapshot: {report.snapshot})" if report.snapshot else ""))
+    return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    """The kept changes as a reviewable branch from the tag's base; the run branch and history stay as they are."""
+    from server.finalize import describe, finalize
+    from server.gitops import open_repo
+
+    config, history = history_of(args)
+    done = finalize(open_repo(root_of(args)), history, args.onto, config.editable, config.metric, config.direction)
+    for line in describe(done):
+        out.print(line, highlight=False, markup=False)
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     from server.watch import watch
 
@@ -211,7 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
-    if name in ("history", "plot", "watch"):
+    if name in ("history", "plot", "watch", "report", "finalize"):
         parser.add_argument("--tag", help="the run tag to show (default: the configuration's)")
     if name == "run":
         parser.add_argument("description", nargs="?", default="by hand", help="what this run tries")
@@ -229,6 +257,11 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--match", help="only runs whose description contains this (case-insensitive)")
     elif name == "plot":
         parser.add_argument("--out", default="progress.png", help="the PNG to write")
+    elif name == "report":
+        parser.add_argument("--html", action="store_true", help="one self-contained HTML page, pictures inline")
+        parser.add_argument("--out", help="the file to write (default: <state_dir>/reports/<tag>.md or .html)")
+    elif name == "finalize":
+        parser.add_argument("--onto", required=True, help="the new branch (BRANCH-squashed gets one commit)")
     elif name == "watch":
         parser.add_argument("--once", action="store_true", help="draw one frame and exit")
     elif name == "dashboard":
@@ -251,6 +284,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "noise": (cmd_noise, "measure the noise floor again: the best run's code on several seeds"),
     "history": (cmd_history, "the results as a table (--json, --tsv)"),
     "plot": (cmd_plot, "progress.png: every run, the running best"),
+    "report": (cmd_report, "the morning report of a tag: best, kept changes, failures, time (--html for a page)"),
+    "finalize": (cmd_finalize, "the kept changes as a branch to review, one commit each, and BRANCH-squashed"),
     "watch": (cmd_watch, "a live view of the running experiment and the latest runs"),
     "dashboard": (cmd_dashboard, "a live web page on 127.0.0.1: chart, history, diffs, logs, the run in flight"),
     "pin": (cmd_pin, "re-pin the locked files after an intended, committed change"),
