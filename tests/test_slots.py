@@ -227,10 +227,8 @@ def test_a_cancelled_supervisor_records_the_run_and_a_killed_one_is_recovered(tm
             == info["token"]]  # fmt: skip
     owner = psutil.Process(int(info["pid"]))
     os.kill(owner.pid, signal.SIGKILL)
-    for _ in range(200):  # the kill is asynchronous: its slot is free once the process is gone
-        if not owner.is_running() or owner.status() == psutil.STATUS_ZOMBIE:
-            break
-        time.sleep(0.05)
+    _, alive = psutil.wait_procs([owner], timeout=SUPERVISOR_EXIT_S)  # the kill is asynchronous: the slot is
+    assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive), alive  # free once the process is gone
     (lab.root / "train.py").write_text(set_mode("ok", 3.0))
     third = lab.run("after the kill")
     assert lab.history.get(second.id).status == "interrupted"  # type: ignore[union-attr]
