@@ -27,6 +27,9 @@ PENDING_COLOR = "#4c72b0"
 RUNNING_COLOR = "#e0a800"
 HOLDOUT_COLOR = "#6a3d9a"
 LABEL_WIDTH = 36
+WIDEN = 0.5  # the y axis reaches this share of the kept runs' span beyond them; runs further off are clipped
+CLIPPED_LISTED = 5  # off-scale runs named in the chart's note
+CLIPPED_TOP, CLIPPED_BOTTOM = 0.91, 0.06  # where off-scale runs sit, in axes height (crashes sit at 0.97)
 
 
 def _finite(run: RunRecord) -> bool:
@@ -49,11 +52,19 @@ def chart_title(runs: list[RunRecord], best: float | None) -> str:
     return text + (f" — best {best:.4f}" if best is not None else "")
 
 
-def _scatter(ax: Axes, runs: list[RunRecord], kind: str, **style: object) -> None:
-    """The runs of one outcome as points, when there are any (an empty legend entry would mislead)."""
+def _scatter(ax: Axes, runs: list[RunRecord], kind: str, window: tuple[float, float], **style: object) -> None:
+    """The runs of one outcome as points, when there are any (an empty legend entry would mislead); a run off
+    the scale as a triangle on the edge it lies beyond."""
     chosen = [r for r in runs if outcome(r) == kind and _finite(r)]
-    if chosen:
-        ax.scatter([r.id for r in chosen], [r.metric or 0.0 for r in chosen], **style)  # type: ignore[arg-type]
+    inside = [r for r in chosen if window[0] <= (r.metric or 0.0) <= window[1]]
+    if inside:
+        ax.scatter([r.id for r in inside], [r.metric or 0.0 for r in inside], **style)  # type: ignore[arg-type]
+    edge = blended_transform_factory(ax.transData, ax.transAxes)  # x in data, y in axes: at the frame's edge
+    for height, marker in ((CLIPPED_TOP, "^"), (CLIPPED_BOTTOM, "v")):
+        beyond = [r.id for r in chosen if r not in inside and ((r.metric or 0.0) > window[1]) == (marker == "^")]
+        if beyond:
+            clipped = {**style, "marker": marker, "label": None, "clip_on": False, "transform": edge, "alpha": 0.9}
+            ax.scatter(beyond, [height] * len(beyond), **clipped)  # type: ignore[arg-type]
 
 
 def _crashes(ax: Axes, runs: list[RunRecord]) -> None:
@@ -125,16 +136,41 @@ def _labels(ax: Axes, runs: list[RunRecord]) -> None:
             )
 
 
-def _limits(ax: Axes, runs: list[RunRecord]) -> None:
+def y_window(runs: list[RunRecord]) -> tuple[float, float] | None:
+    """The metric range that matters: the kept runs and their holdout figures (else every run's median and
+    quartiles), widened by WIDEN of its span on each side; starved or failed runs far off it are clipped."""
+    kept = [r.metric for r in runs if outcome(r) == "keep" and r.metric is not None and _finite(r)]
+    kept += [r.holdout_metric for r in runs if r.holdout_metric is not None and math.isfinite(r.holdout_metric)]
+    every = sorted(r.metric for r in runs if r.metric is not None and _finite(r))
+    if not every and not kept:
+        return None
+    core = kept or [every[len(every) // 4], every[len(every) // 2], every[(3 * len(every)) // 4]]
+    lo, hi = min(core), max(core)
+    span = hi - lo or abs(hi) * 0.05 or 1.0
+    shown = [v for v in every + kept if lo - WIDEN * span <= v <= hi + WIDEN * span]
+    return min(shown), max(shown)
+
+
+def _limits(ax: Axes, runs: list[RunRecord], window: tuple[float, float] | None) -> None:
     """Room above the points for the labels and the crash marks; a sensible x range for few runs."""
-    values = [r.metric for r in runs if r.metric is not None and _finite(r)]
-    values += [r.holdout_metric for r in runs if r.holdout_metric is not None and math.isfinite(r.holdout_metric)]
-    if values:
-        lo, hi = min(values), max(values)
+    if window is not None:
+        lo, hi = window
         span = hi - lo or abs(hi) * 0.05 or 1.0
         ax.set_ylim(lo - 0.08 * span, hi + 0.3 * span)
     ids = [r.id for r in runs] or [1]
     ax.set_xlim(min(ids) - 0.8, max(ids) + 0.8)
+
+
+def _clipped_note(ax: Axes, runs: list[RunRecord], window: tuple[float, float] | None) -> None:
+    """Say which runs lie off the scale, and where, so that a triangle on the edge is not read as a value."""
+    if window is None:
+        return
+    off = [r for r in runs if _finite(r) and not window[0] <= (r.metric or 0.0) <= window[1]]
+    if off:
+        listed = ", ".join(f"#{r.id} {r.metric:.4f}" for r in off[:CLIPPED_LISTED])
+        listed += " …" if len(off) > CLIPPED_LISTED else ""
+        ax.text(0.01, 0.01, f"{len(off)} run(s) off the scale, clipped to the edge (▲▼): {listed}", fontsize=7,
+                transform=ax.transAxes, ha="left", va="bottom", color="#555555")  # fmt: skip
 
 
 def _note(ax: Axes, runs: list[RunRecord]) -> None:
@@ -148,24 +184,28 @@ def _note(ax: Axes, runs: list[RunRecord]) -> None:
 
 def _draw(ax: Axes, runs: list[RunRecord], metric: str, direction: str) -> None:
     """Everything on the axes: points by outcome, crashes, the best line, labels and limits."""
-    _scatter(ax, runs, "discard", color=DISCARD_COLOR, alpha=0.5, s=22, zorder=3, label="discarded")
-    _scatter(ax, runs, "pending", facecolors="none", edgecolors=PENDING_COLOR, s=30, zorder=3, label="pending")
-    _scatter(ax, runs, "keep", color=KEEP_COLOR, edgecolors="black", linewidths=0.6, s=60, zorder=5, label="kept")
+    window = y_window(runs)
+    scale = window or (0.0, 0.0)
+    _scatter(ax, runs, "discard", scale, color=DISCARD_COLOR, alpha=0.5, s=22, zorder=3, label="discarded")
+    _scatter(ax, runs, "pending", scale, facecolors="none", edgecolors=PENDING_COLOR, s=30, zorder=3,
+             label="pending")  # fmt: skip
+    _scatter(ax, runs, "keep", scale, color=KEEP_COLOR, edgecolors="black", linewidths=0.6, s=60, zorder=5,
+             label="kept")  # fmt: skip
     _crashes(ax, runs)
     _running(ax, runs)
     _best_line(ax, runs, direction)
     _holdout(ax, runs)
     _labels(ax, runs)
-    _limits(ax, runs)
+    _limits(ax, runs, window)
+    _clipped_note(ax, runs, window)
     _note(ax, runs)
     better = "lower" if direction == "minimize" else "higher"
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment #")
     ax.set_ylabel(f"{metric} ({better} is better)")
     ax.grid(True, alpha=0.25)
-    if ax.get_legend_handles_labels()[0]:
-        # the corner the best-line leaves empty: early runs start high when minimizing, low when maximizing
-        ax.legend(loc="lower left" if direction == "minimize" else "lower right", fontsize=8, framealpha=0.8)
+    if ax.get_legend_handles_labels()[0]:  # below the axes, never on a point (the baseline sat under it)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=7, fontsize=8, frameon=False)
 
 
 def render_png(runs: list[RunRecord], metric: str = "val_bpb", direction: str = "minimize") -> bytes:

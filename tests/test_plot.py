@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from PIL import Image
 
 from server.history import Decision, History, RunRecord
-from server.plot import _crashes, _running, chart_title, plot_progress, running_best
+from server.plot import CLIPPED_TOP, _crashes, _draw, _running, chart_title, plot_progress, running_best
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -109,3 +111,37 @@ def test_runs_in_flight_are_marked_apart_from_crashes(tmp_path: Path) -> None:
         :, 0
     ].tolist() == [7]
     assert flying.get_label() == "running"
+
+
+def starved_night() -> list[RunRecord]:
+    """Kept runs between 2.50 and 2.60, and a starved run at 9.0 that would squeeze them into a thin band."""
+    plan: list[tuple[float, Decision]] = [(2.60, "keep"), (2.55, "keep"), (9.0, "discard"), (2.58, "discard"),
+                                          (2.50, "keep")]  # fmt: skip
+    return [RunRecord(id=i, commit=f"{i:07d}", parent="p", description=f"idea {i}", status="ok", metric=metric,
+                      decision=decision) for i, (metric, decision) in enumerate(plan, start=1)]  # fmt: skip
+
+
+def drawn(runs: list[RunRecord]) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(11, 5.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _draw(ax, runs, "val_bpb", "minimize")
+    fig.canvas.draw()
+    return fig, ax
+
+
+def test_a_run_far_off_the_scale_is_clipped_to_the_edge_and_named() -> None:
+    _, ax = drawn(starved_night())
+    low, high = ax.get_ylim()
+    assert 2.5 > low > 2.4 and 2.6 < high < 2.7  # the kept runs fill the height
+    assert any("1 run(s) off the scale" in t.get_text() and "#3 9.0000" in t.get_text() for t in ax.texts)
+    marks = [c for c in ax.collections if np.asarray(c.get_offsets()).tolist() == [[3.0, CLIPPED_TOP]]]
+    assert len(marks) == 1 and marks[0].get_transform() != ax.transData  # a triangle at the frame's top edge
+
+
+def test_the_legend_lies_below_the_axes_not_on_a_point() -> None:
+    fig, ax = drawn(starved_night())
+    legend = ax.get_legend()
+    assert legend is not None
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
