@@ -122,6 +122,11 @@ def start(root: Path, tag: str | None, deadline: float | None) -> dict[str, Any]
     return night
 
 
+def report_command(tag: str) -> str:
+    """The command that writes the morning report of the night's tag (server/report.py)."""
+    return f".venv/bin/autoresearch report --tag {tag} --html"
+
+
 def describe(night: dict[str, Any] | None, over: str | None) -> str:
     if night is None or over:
         return f"the night is over: {over}."

@@ -104,6 +104,7 @@ night_loop() {
     if [ "$quick" -ge "$MAX_QUICK_FAILS" ]; then
       say "giving up: $quick sessions in a row ended within ${MIN_SESSION_S}s (last exit code $code); read $LOG, fix the cause, and start again."
       python3 scripts/night.py stop >/dev/null  # the night is over: the Stop hook must not hold a later session
+      report_line
       return 1
     fi
     say "session $n ended: exit code $code after ${took}s, quick failure $quick of $MAX_QUICK_FAILS; retrying in ${delay}s"
@@ -111,6 +112,12 @@ night_loop() {
     delay=$((delay * 2 > BACKOFF_MAX_S ? BACKOFF_MAX_S : delay * 2))
   done
   say "night over: ${over#the night is over: }"
+  report_line
+}
+
+# The command that writes the night's report for the human's morning (server/report.py).
+report_line() {
+  say "the morning report: .venv/bin/autoresearch report --tag $(run_tag) --html"
 }
 
 if [ "${1:-}" = "--inside" ]; then

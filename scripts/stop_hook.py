@@ -2,7 +2,8 @@
 """Claude Code Stop hook: while a night is on, send the agent back to the loop instead of letting it stop.
 
 Whether a night is on comes from one state file, <state_dir>/night.json (see scripts/night.py): absent,
-STOP created, its `stop` reason set (a cap reached) or its deadline passed, and the agent may stop. When
+STOP created, its `stop` reason set (a cap reached) or its deadline passed, and the agent may stop (a night that
+ended also gets a message for the human with the command that writes the morning report). When
 Claude Code says the agent was already sent back once (`stop_hook_active`) and no run was recorded since,
 the agent may stop too, so a stuck agent cannot loop on this hook; the overnight launcher starts a fresh
 session. Runs still in flight (the pool's slot files, <state_dir>/slots/<n>.lock, read as server/registry.py's
@@ -81,10 +82,14 @@ def main() -> int:
     event = read_event()
     root = night.hook_root(event)
     state = night.state_dir(root)
-    if night.night_over(state, time.time()) is not None:
+    current = night.read_night(state)
+    tag = str((current or {}).get("tag") or night.configured_tag(root))
+    over = night.night_over(state, time.time())
+    if over is not None:
+        if current is not None:  # a night that ended: the human reads its report in the morning
+            print(json.dumps({"systemMessage": f"The night on tag {tag} is over ({over}). The morning report: "
+                                               f"{night.report_command(tag)}"}))  # fmt: skip
         return 0
-    current = night.read_night(state) or {}
-    tag = str(current.get("tag") or night.configured_tag(root))
     size = history_size(state, tag)
     marker = state / MARKER
     try:
@@ -95,7 +100,7 @@ def main() -> int:
         return 0  # sent back before and nothing ran since: let it stop; the launcher starts a fresh session
     night.write_json(marker, {"history_size": size})
     flying = runs_in_flight(state, tag)
-    print(json.dumps({"decision": "block", "reason": reason(tag, current.get("deadline"), flying)}))
+    print(json.dumps({"decision": "block", "reason": reason(tag, (current or {}).get("deadline"), flying)}))
     return 0
 
 

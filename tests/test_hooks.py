@@ -61,6 +61,11 @@ def stop(project: Path, active: bool = False) -> dict[str, Any] | None:
     return json.loads(out) if out.strip() else None
 
 
+def lets_stop(decision: dict[str, Any] | None) -> bool:
+    """The hook lets the agent stop: no output, or a message for the human without a block."""
+    return decision is None or "decision" not in decision
+
+
 def test_stop_hook_is_silent_when_no_night_is_on(project: Path) -> None:
     assert stop(project) is None
 
@@ -76,20 +81,28 @@ def test_stop_hook_lets_the_agent_stop_when_the_human_asks(project: Path) -> Non
     night(project, "start")
     assert night(project, "stop").returncode == 0
     assert (project / ".autoresearch" / "STOP").exists()
-    assert stop(project) is None
+    assert lets_stop(stop(project))
 
 
 def test_stop_hook_lets_the_agent_stop_after_the_deadline(project: Path) -> None:
     night(project, "start", str(time.time() - 1))
-    assert stop(project) is None
+    assert lets_stop(stop(project))
 
 
 def test_stop_hook_lets_the_agent_stop_when_the_night_file_says_a_cap_was_reached(project: Path) -> None:
     night(project, "start", "8h")
     path = project / ".autoresearch" / "night.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "stop": "max_runs 100 reached"}))
-    assert stop(project) is None
+    assert lets_stop(stop(project))
     assert night(project, "check").stdout.strip() == "the night is over: max_runs 100 reached."
+
+
+def test_stop_hook_names_the_report_command_when_the_night_ends(project: Path) -> None:
+    night(project, "start", "--tag", "nov25")
+    assert stop(project) is not None and "systemMessage" not in (stop(project) or {})  # on: no report yet
+    night(project, "stop")
+    message = (stop(project) or {}).get("systemMessage", "")
+    assert "the human asked to stop" in message and "autoresearch report --tag nov25 --html" in message
 
 
 def test_stop_hook_lets_a_stuck_agent_stop_but_not_a_working_one(project: Path) -> None:

@@ -98,6 +98,7 @@ def test_a_working_night_runs_sessions_until_the_human_stops_it(project: Path) -
     text = log(project)
     assert re.search(r"^\S+ session 1 ended: exit code 0 after \d+s; starting the next one", text, re.M)
     assert "night over: the human asked to stop" in text
+    assert re.search(r"^\S+ the morning report: \.venv/bin/autoresearch report --tag nov25 --html$", text, re.M)
     session = (project.parent / "calls").read_text().splitlines()[0]
     assert "--strict-mcp-config" in session and "--allowedTools mcp__autoresearch Read" in session
 
