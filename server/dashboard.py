@@ -3,6 +3,7 @@
 The page (server/static/) polls two JSON endpoints and draws the chart itself, with no CDN:
     GET /api/state?tag=T        every run of the tag, the best, the runs in flight (a list), all tags
     GET /api/runs/<id>?tag=T    one run's diff and the tail of its log
+    GET /report?tag=T           the tag's morning report (server/report.py) as one HTML page, made on request
 Starlette and uvicorn come with the mcp package, so the dashboard adds no dependency.
 """
 
@@ -16,12 +17,14 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server.brief import in_flight
 from server.history import History, RunRecord, best_run
+from server.report import gather
+from server.report_render import render_html
 from server.table import outcome
 from server.watch import tail_text
 
@@ -103,8 +106,15 @@ def create_app(state_dir: Path, tag: str, metric: str = "val_bpb", direction: st
             return JSONResponse({"error": "no such run; pick one from /api/state."}, status_code=404)
         return JSONResponse(detail)
 
+    async def report(request: Request) -> Response:
+        name = chosen(request)
+        history = History(state_dir / name) if name else None
+        if history is None or not history.events_path.exists():
+            return JSONResponse({"error": "no such tag; pick one from /api/state."}, status_code=404)
+        return HTMLResponse(render_html(gather(history, metric, direction)))
+
     routes = [Route("/", page), Route("/api/state", api_state), Route("/api/runs/{run_id:int}", api_run),
-              Mount("/static", StaticFiles(directory=STATIC), name="static")]  # fmt: skip
+              Route("/report", report), Mount("/static", StaticFiles(directory=STATIC), name="static")]  # fmt: skip
     return Starlette(routes=routes)
 
 

@@ -133,6 +133,14 @@ def test_state_lists_every_run_in_flight_with_its_slot_and_progress(project: Pat
     assert running[0]["remaining_s"] == 48.0 and 0 < running[0]["left_s"] <= 78
 
 
+def test_the_report_page_is_served_for_the_tag(dashboard: tuple[str, Any]) -> None:
+    with urllib.request.urlopen(dashboard[0] + "/report?tag=night", timeout=60) as response:
+        page = response.read().decode()
+    assert response.headers["content-type"].startswith("text/html")
+    assert "Report of tag night" in page and page.count('src="data:image/png;base64,') == 3
+    assert get(dashboard[0] + "/report?tag=nosuch")[0] == 404 and get(dashboard[0] + "/report?tag=..")[0] == 404
+
+
 def test_dashboard_listens_on_loopback_only(dashboard: tuple[str, subprocess.Popen[bytes]]) -> None:
     sockets = [c for c in psutil.Process(dashboard[1].pid).net_connections() if c.status == psutil.CONN_LISTEN]
     assert sockets and {c.laddr.ip for c in sockets} == {"127.0.0.1"}
@@ -165,6 +173,7 @@ def test_browser_draws_the_best_line_and_a_table_row_per_run(dashboard: tuple[st
     assert re.findall(r'<tr data-id="(\d+)"', dom) == ["6", "5", "4", "3", "2", "1"]
     assert len(re.findall(r'<circle class="pt (?:keep|discard|pending)"', dom)) == 5
     assert 'class="pt crash"' in dom and "idle: no experiment running" in dom
+    assert 'id="report-link" href="/report?tag=night"' in dom
 
 
 def test_browser_shows_a_line_per_run_in_flight(project: Path, dashboard: tuple[str, Any]) -> None:

@@ -172,6 +172,7 @@ function drawHeader(state) {
   document.getElementById("summary").textContent = `${state.runs.length} runs, ${kept} kept` +
     (best ? ` · best ${best.metric.toFixed(6)} (#${best.id})` : "");
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  document.getElementById("report-link").href = `/report?tag=${encodeURIComponent(state.tag)}`;
 }
 
 async function showRun(id) {
