@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: running prepare.py and train.py for real, parsing, statistics."""
+"""Helpers shared by the benchmarks: preparing data, running train.py and the evaluator for real, statistics."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def load_prepare() -> ModuleType:
 
 
 def prepare_dataset(args: list[str], cache: str | None = None) -> None:
-    """Run prepare.py in a subprocess (idempotent: an already prepared dataset is left alone)."""
+    """Run `autoresearch prepare` (server.dataset) in a subprocess (idempotent: a prepared dataset is left alone)."""
     env = {**os.environ, **({"AUTORESEARCH_CACHE": cache} if cache else {})}
-    subprocess.run([sys.executable, str(EXPERIMENT / "prepare.py"), *args], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "server.dataset", *args], cwd=ROOT, env=env, check=True)
 
 
 def quick_dataset() -> dict[str, str]:
@@ -61,7 +61,7 @@ def run_train(budget: float, extra_env: dict[str, str]) -> dict[str, str]:
                                 text=True, stdin=subprocess.DEVNULL)  # fmt: skip
         summary = parse_summary(result.stdout)
         scored = Path(tmp) / "result.json"
-        evaluate = [sys.executable, str(EXPERIMENT / "prepare.py"), "--evaluate", str(Path(tmp) / "model.pt2"),
+        evaluate = [sys.executable, str(EXPERIMENT / "evaluate.py"), str(Path(tmp) / "model.pt2"),
                     "--result", str(scored)]  # fmt: skip
         if result.returncode == 0:
             subprocess.run(evaluate, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)

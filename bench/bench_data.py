@@ -4,7 +4,7 @@
     python bench/bench_data.py --quick
 
 Measures (1) tokens/s the dataloader delivers alone, (2) tokens/s training consumes (from a short real
-train.py run's summary) and (3) wall time and peak RSS of a from-scratch `prepare.py` in a fresh cache.
+train.py run's summary) and (3) wall time and peak RSS of a from-scratch `autoresearch prepare` in a fresh cache.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ from _common import EXPERIMENT, fmt, load_prepare, number, prepare_dataset, quic
 
 
 def time_prepare(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of prepare.py in a subprocess with an empty cache. ru_maxrss of
+    """Wall seconds and peak RSS (MiB) of `autoresearch prepare` in a subprocess with an empty cache. ru_maxrss of
     RUSAGE_CHILDREN is the largest child so far, so this runs before any other child process."""
     with tempfile.TemporaryDirectory(prefix="autoresearch-prep-") as cache:
         env = {**os.environ, "AUTORESEARCH_CACHE": cache}
         t0 = time.perf_counter()
         subprocess.run(
-            [sys.executable, str(EXPERIMENT / "prepare.py"), *args], env=env, check=True, capture_output=True
+            [sys.executable, "-m", "server.dataset", *args],
+            cwd=EXPERIMENT.parent,
+            env=env,
+            check=True,
+            capture_output=True,
         )
         wall = time.perf_counter() - t0
     return wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -133,7 +133,7 @@ def data_env(cpu: bool, work: Path) -> dict[str, str]:
     """The dataset every run uses: a tiny byte-level one on the CPU path, else Shakespeare (offline)."""
     if cpu:
         return {**tiny_dataset(work / "data"), "AUTORESEARCH_MODEL_SIZE": "tiny", "AUTORESEARCH_DEVICE": "cpu"}
-    subprocess.run([PYTHON, str(ROOT / "experiment" / "prepare.py"), "--source", "shakespeare"], env=base_env(),
+    subprocess.run([PYTHON, "-m", "server.dataset", "--source", "shakespeare"], cwd=ROOT, env=base_env(),
                    check=True, stdin=subprocess.DEVNULL)  # fmt: skip
     return {"AUTORESEARCH_DATASET": OFFLINE_DATASET}
 

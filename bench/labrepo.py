@@ -158,7 +158,7 @@ class BenchRepo:
         """Wall seconds of the same argv started by a plain subprocess, output to a log like the server's, and
         (evaluated contract) the evaluator run after it on the model, as a person would by hand."""
         env = self.run_env(tree)
-        evaluate = [PYTHON, "experiment/prepare.py", "--evaluate", str(tree / "out" / "model.pt2"), "--result",
+        evaluate = [PYTHON, "experiment/evaluate.py", str(tree / "out" / "model.pt2"), "--result",
                     str(tree / "result.json")]  # fmt: skip
         with (tree / "run.log").open("wb") as log:
             started = time.perf_counter()
@@ -168,9 +168,9 @@ class BenchRepo:
             return time.perf_counter() - started
 
 
-def _config(editable: str, locked: str, command: str, budget: float, eval_tokens: int, env: dict[str, str],
+def _config(editable: str, locked: list[str], command: str, budget: float, eval_tokens: int, env: dict[str, str],
             extra: tuple[str, ...] = (), noise_seeds: int = 1) -> str:  # fmt: skip
-    lines = ["[autoresearch]", 'tag = "bench"', f'editable = "{editable}"', f'locked = ["{locked}"]',
+    lines = ["[autoresearch]", 'tag = "bench"', f'editable = "{editable}"', f"locked = {json.dumps(locked)}",
              f"command = {command}", f"time_budget = {budget:g}", f"timeout = {2 * budget + 120:g}",
              "kill_grace = 1", f"eval_tokens = {eval_tokens}",
              # one run per call unless asked: these benchmarks time runs; bench/noise.py costs the floor
@@ -201,7 +201,7 @@ def fake_repo(path: Path, mode: str, budget: float, sandbox: str = "off") -> Ben
     (path / "train.py").write_text((FAKE / "train.py").read_text().replace('MODE = "ok"', f'MODE = "{mode}"'))
     env, stamps = _stamp_env(path)
     extra = ('contract = "self-reported"', f'sandbox = "{sandbox}"')
-    (path / "autoresearch.toml").write_text(_config("train.py", "prepare.py", '["{python}", "train.py"]',
+    (path / "autoresearch.toml").write_text(_config("train.py", ["prepare.py"], '["{python}", "train.py"]',
                                                     budget, 1000, env, extra))  # fmt: skip
     _commit(path)
     return BenchRepo(path, "train.py", stamps, env, [PYTHON, "train.py"], budget, 1000)
@@ -219,14 +219,14 @@ def tiny_dataset(workdir: Path) -> dict[str, str]:
     corpus, cache = workdir / "corpus.txt", workdir / "cache"
     corpus.write_text(small_text(), encoding="utf-8")
     env = {**base_env(), "AUTORESEARCH_CACHE": str(cache)}
-    subprocess.run([PYTHON, str(EXPERIMENT / "prepare.py"), "--source", "files", "--paths", str(corpus),
-                    "--byte-level", "--name", "bench-byte"], env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run([PYTHON, "-m", "server.dataset", "--source", "files", "--paths", str(corpus), "--byte-level",
+                    "--name", "bench-byte"], cwd=ROOT, env=env, check=True, capture_output=True)  # fmt: skip
     return {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_DATASET": "bench-byte"}
 
 
 def default_dataset() -> dict[str, str]:
-    """The project's default dataset (prepare.py with no arguments; a no-op once prepared)."""
-    subprocess.run([PYTHON, str(EXPERIMENT / "prepare.py")], env=base_env(), check=True, capture_output=True)
+    """The project's default dataset (`autoresearch prepare` with no arguments; a no-op once prepared)."""
+    subprocess.run([PYTHON, "-m", "server.dataset"], cwd=ROOT, env=base_env(), check=True, capture_output=True)
     return {}
 
 
@@ -242,7 +242,8 @@ def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, e
     env = {**env, **data_env, **({"AUTORESEARCH_DEVICE": device} if device else {})}
     env.update({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})
     command = '["{python}", "experiment/train.py"]'
-    (path / "autoresearch.toml").write_text(_config("experiment/train.py", "experiment/prepare.py", command,
+    locked = ["experiment/prepare.py", "experiment/evaluate.py"]
+    (path / "autoresearch.toml").write_text(_config("experiment/train.py", locked, command,
                                                     budget, eval_tokens, env, (f'sandbox = "{sandbox}"',),
                                                     noise_seeds))  # fmt: skip
     _commit(path)

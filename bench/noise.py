@@ -44,7 +44,7 @@ def make_repo(work: Path, seeds: int, budget: float) -> Path:
     (repo / "autoresearch.toml").write_text("\n".join(lines))
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):
         subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, env=git_env())
-    subprocess.run([sys.executable, str(repo / "experiment" / "prepare.py")], cwd=repo, check=True,
+    subprocess.run([sys.executable, "-m", "server.dataset"], cwd=ROOT, check=True,
                    env={**os.environ, **env}, capture_output=True)  # fmt: skip
     return repo
 

@@ -45,14 +45,14 @@ EOF
 # The run tag, validated by the server's own configuration reader.
 run_tag() { .venv/bin/python -c 'from pathlib import Path; from server.config import load_config; print(load_config(Path(".")).tag)'; }
 
-# prepare.py --check under the run's environment ([autoresearch.env] may name the dataset).
+# `autoresearch prepare --check` under the run's environment ([autoresearch.env] may name the dataset).
 data_ready() {
   .venv/bin/python -c '
 import os, subprocess, sys
 from pathlib import Path
 from server.config import load_config
 env = {**os.environ, **load_config(Path(".")).env}
-sys.exit(subprocess.call([sys.executable, "experiment/prepare.py", "--check"], env=env, stdout=subprocess.DEVNULL))'
+sys.exit(subprocess.call([sys.executable, "-m", "server.dataset", "--check"], env=env, stdout=subprocess.DEVNULL))'
 }
 
 preflight() {
@@ -78,7 +78,7 @@ start_night() {
 one_session() {
   claude -p "$PROMPT" \
     --mcp-config .mcp.json --strict-mcp-config \
-    --allowedTools "mcp__autoresearch" "Read" \
+    --allowedTools "mcp__autoresearch" "Read(./experiment/**)" "Read(./program.md)" "Read(./README.md)" "Read(./CLAUDE.md)" "Read(./docs/**)" \
     --max-turns "$MAX_TURNS" \
     --output-format stream-json --verbose \
     < /dev/null >> "$LOG" 2>&1

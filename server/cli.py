@@ -83,12 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    """The experiment's one-time data preparation (its own progress bar), in this interpreter."""
-    script = root_of(args) / "experiment" / "prepare.py"
-    if not script.exists():
-        raise ConfigError(f"{script} does not exist; run this in the repository root.")
-    env = {**os.environ, "AUTORESEARCH_PROG": "autoresearch prepare"}  # its --help names this command
-    return subprocess.call([sys.executable, str(script), *args.prepare_args], cwd=root_of(args), env=env)
+    """The one-time data preparation (server/dataset/, its own progress bar), in this interpreter."""
+    return subprocess.call([sys.executable, "-m", "server.dataset", *args.prepare_args], cwd=root_of(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -308,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
-        # prepare's options, --help included, belong to experiment/prepare.py
+        # prepare's options, --help included, belong to server/dataset/build.py
         add_arguments(name, sub.add_parser(name, help=help_text, description=help_text, add_help=name != "prepare"))
     return parser
 
@@ -318,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "prepare":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.prepare_args = [a for a in extra if a != "--"]  # prepare passes its options to prepare.py
+    args.prepare_args = [a for a in extra if a != "--"]  # prepare passes its options on
     started = time.monotonic()
     try:
         return COMMANDS[args.command][0](args)

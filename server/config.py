@@ -40,7 +40,7 @@ class Config(BaseModel):
 
     tag: str = Field("default", description="run tag; the run branch is autoresearch/<tag>")
     editable: str = Field("experiment/train.py", description="the one file the agent may change")
-    locked: list[str] = Field(default_factory=lambda: ["experiment/prepare.py"])
+    locked: list[str] = Field(default_factory=lambda: ["experiment/prepare.py", "experiment/evaluate.py"])
     steering: list[str] = Field(
         default_factory=lambda: list(STEERING_FILES), description="files that steer the agent, pinned too"
     )
@@ -52,7 +52,7 @@ class Config(BaseModel):
         "evaluated", description="evaluated: the server's evaluator scores the handed-over model"
     )
     evaluator: list[str] = Field(
-        default_factory=lambda: ["{python}", "experiment/prepare.py", "--evaluate", "{model}", "--result", "{result}"],
+        default_factory=lambda: ["{python}", "experiment/evaluate.py", "{model}", "--result", "{result}"],
         description="argv run in a folder holding only the locked files; {model} and {result} are paths",
     )
     data_dir: str = Field("", description="the prepared dataset; empty: AUTORESEARCH_CACHE/AUTORESEARCH_DATASET")
@@ -99,7 +99,8 @@ class Config(BaseModel):
     plateau_runs: int = Field(0, ge=0, description="stop after this many runs without a kept one; 0: never")
     kill_grace: float = Field(5.0, ge=0, description="seconds between SIGTERM and SIGKILL")
     max_log_bytes: int = Field(5_000_000, ge=10_000)
-    max_file_bytes: int = Field(200_000, ge=1_000, description="size cap of the editable file")
+    max_file_bytes: int = Field(50_000, ge=1_000, description="size cap of the editable file: about 3x the "
+                                "default train.py (16 KB): room for code, not for a slice of the corpus")  # fmt: skip
     state_dir: str = ".autoresearch"
     slots: int = Field(0, ge=0, le=64, description="runs in flight at once; 0: one per GPU on a GPU machine, else 1")
     runner: Literal["local", "ray"] = Field("local", description="ray: each run is a task on a Ray cluster")

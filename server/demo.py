@@ -151,13 +151,12 @@ class DemoAgent:
 
 
 def data_problem(root: Path) -> str | None:
-    """Why the default experiment's data is not ready (prepare.py --check), or None when it is."""
-    script = root / "experiment" / "prepare.py"
-    if not script.exists():
+    """Why the default experiment's data is not ready (`autoresearch prepare --check`), or None when it is."""
+    if not (root / "experiment" / "prepare.py").exists():
         return None  # not the default experiment: its own command reports missing data
     env = {**os.environ, **load_config(root).env}
-    check = subprocess.run([sys.executable, str(script), "--check"], cwd=root, env=env, capture_output=True,
-                           text=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    check = subprocess.run([sys.executable, "-m", "server.dataset", "--check"], cwd=root, env=env,
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)  # fmt: skip
     return None if check.returncode == 0 else (check.stderr.strip().splitlines() or ["data is not prepared"])[-1]
 
 
@@ -169,7 +168,7 @@ def ensure_data(root: Path, console: Console) -> None:
     if os.environ.get("AUTORESEARCH_DATASET") or load_config(root).env.get("AUTORESEARCH_DATASET"):
         raise ConfigError(problem)
     console.print("[bold]preparing the default data (once)[/bold]")
-    if subprocess.call([sys.executable, str(root / "experiment" / "prepare.py")], cwd=root) != 0:
+    if subprocess.call([sys.executable, "-m", "server.dataset"], cwd=root) != 0:
         raise ConfigError("data preparation failed (see above); fix it and run the demo again.")
 
 

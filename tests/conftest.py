@@ -31,6 +31,30 @@ def load_prepare() -> ModuleType:
     return module
 
 
+def load_evaluate(prepare: ModuleType | None = None) -> ModuleType:
+    """A fresh import of experiment/evaluate.py, whose `import prepare` finds the given (else a fresh) prepare."""
+    saved = sys.modules.get("prepare")
+    sys.modules["prepare"] = prepare or load_prepare()
+    try:
+        spec = importlib.util.spec_from_file_location("evaluate_under_test", EXPERIMENT / "evaluate.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            sys.modules.pop("prepare", None)
+        else:
+            sys.modules["prepare"] = saved
+    return module
+
+
+def prepare_dataset(argv: list[str]) -> int:
+    """`autoresearch prepare` with these options, in this process."""
+    from server.dataset import build
+
+    return build.main(argv)
+
+
 HAS_BWRAP = shutil.which("bwrap") is not None
 needs_bwrap = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap is not installed (apt-get install bubblewrap)")
 # The fake experiment prints its own metric (the old contract): the loop's rules are tested fast with it;

@@ -1,4 +1,4 @@
-"""The climbmix download of experiment/prepare.py against shards this test writes: a file:// mirror and a local
+"""The climbmix download of `autoresearch prepare` against shards this test writes: a file:// mirror and a local
 threaded HTTP server that honours Range requests. Parallel, resumable, checksummed, and one sentence offline."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from conftest import load_prepare
 
 from server import isolation
+from server.dataset import build, sources
 
 VAL = 6542  # the original's pinned validation shard
 
@@ -28,7 +29,7 @@ VAL = 6542  # the original's pinned validation shard
 def prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     module = load_prepare()
-    monkeypatch.setattr(module, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
+    monkeypatch.setattr(sources, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
     return module
 
 
@@ -121,7 +122,7 @@ def test_file_mirror_gives_n_training_shards_and_the_pinned_validation_shard(
 ) -> None:
     shards = write_shards(tmp_path / "mirror", [0, 1, 2, VAL])
     monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", (tmp_path / "mirror").as_uri())
-    assert prepare.main(["--source", "climbmix", "--num-shards", "2", "--byte-level", "--name", "cm"]) == 0
+    assert build.main(["--source", "climbmix", "--num-shards", "2", "--byte-level", "--name", "cm"]) == 0
     meta = json.loads((prepare.dataset_dir("cm") / "meta.json").read_text())
     assert meta["documents"] == {"train": 40, "val": 20}
     assert meta["bytes"]["val"] == sum(len(d.encode()) for d in shards[VAL])
@@ -133,21 +134,21 @@ def test_shards_download_in_parallel_with_one_progress_bar(
     prepare: ModuleType, hub: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     write_shards(hub, [0, 1, 2, VAL])
-    assert prepare.main(["--source", "climbmix", "--num-shards", "3", "--byte-level", "--name", "cm"]) == 0
+    assert build.main(["--source", "climbmix", "--num-shards", "3", "--byte-level", "--name", "cm"]) == 0
     assert ShardHandler.most_in_flight >= 2  # sequential downloads would never overlap
     assert sorted(path for path, _ in ShardHandler.requests) == [f"/shard_{i:05d}.parquet" for i in (0, 1, 2, VAL)]
     err = capsys.readouterr().err
     assert "climbmix shards" in err and "100.0%" in err
     for name, digest in manifest(prepare).items():  # recorded on first download, from the bytes on disk
-        assert digest == prepare.sha256_file(shards_dir(prepare) / name)
+        assert digest == sources.sha256_file(shards_dir(prepare) / name)
 
 
 def test_a_complete_shard_is_not_downloaded_again(prepare: ModuleType, hub: Path) -> None:
     write_shards(hub, [0, VAL])
     args = ["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     ShardHandler.requests = []
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     assert ShardHandler.requests == []
 
 
@@ -156,7 +157,7 @@ def test_a_partial_download_resumes_with_a_range_request(prepare: ModuleType, hu
     whole = (hub / "shard_00000.parquet").read_bytes()
     shards_dir(prepare).mkdir(parents=True)
     (shards_dir(prepare) / "shard_00000.parquet.part").write_bytes(whole[:1000])  # as if cut off mid-download
-    assert prepare.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]) == 0
+    assert build.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]) == 0
     assert ("/shard_00000.parquet", "bytes=1000-") in ShardHandler.requests
     assert ShardHandler.sent["/shard_00000.parquet"] == len(whole) - 1000  # only the rest came over the wire
     assert (shards_dir(prepare) / "shard_00000.parquet").read_bytes() == whole
@@ -166,11 +167,11 @@ def test_a_partial_download_resumes_with_a_range_request(prepare: ModuleType, hu
 def test_a_corrupted_shard_is_downloaded_again(prepare: ModuleType, hub: Path) -> None:
     write_shards(hub, [0, VAL])
     args = ["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     local = shards_dir(prepare) / "shard_00000.parquet"
     local.write_bytes(local.read_bytes()[:-10] + b"0123456789")  # same size, wrong bytes
     ShardHandler.requests = []
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     assert [path for path, _ in ShardHandler.requests] == ["/shard_00000.parquet"]
     assert local.read_bytes() == (hub / "shard_00000.parquet").read_bytes()
 
@@ -178,12 +179,12 @@ def test_a_corrupted_shard_is_downloaded_again(prepare: ModuleType, hub: Path) -
 def test_a_source_that_changed_its_shard_is_refused_with_a_sentence(prepare: ModuleType, hub: Path) -> None:
     write_shards(hub, [0, VAL])
     args = ["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     recorded = manifest(prepare)["shard_00000.parquet"]
     pq.write_table(pa.table({"text": ["other text"]}), hub / "shard_00000.parquet")  # the source now differs
     (shards_dir(prepare) / "shard_00000.parquet").unlink()
     with pytest.raises(SystemExit, match=r"shard_00000.parquet .* not the .* recorded in .*manifest.json") as exc:
-        prepare.main(args)
+        build.main(args)
     assert "\n" not in str(exc.value.code)
     assert not (shards_dir(prepare) / "shard_00000.parquet").exists()  # nothing unverified is left to be used
     assert manifest(prepare)["shard_00000.parquet"] == recorded
@@ -197,7 +198,7 @@ def test_offline_says_so_in_one_sentence_with_the_offline_choices(
         port = sock.getsockname()[1]
     monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", f"http://127.0.0.1:{port}")
     with pytest.raises(SystemExit) as exc:
-        prepare.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"])
+        build.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"])
     message = str(exc.value.code)
     assert message.startswith(f"cannot reach 127.0.0.1:{port}") and "offline" in message
     for choice in ("--source shakespeare", "--source files --paths", "AUTORESEARCH_CLIMBMIX_URL=file://"):
@@ -220,7 +221,7 @@ def test_http_retries_after_a_server_error(
         serve(self)
 
     monkeypatch.setattr(ShardHandler, "_send", flaky)
-    assert prepare.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]) == 0
+    assert build.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]) == 0
     assert sorted(path for path, _ in ShardHandler.requests) == sorted([*failed, "/shard_00000.parquet",
                                                                         "/shard_06542.parquet"])  # fmt: skip
     assert "retrying" in capsys.readouterr().err
@@ -233,7 +234,7 @@ def test_cuda_makes_climbmix_the_default_source_and_dataset(
     monkeypatch.setenv("AUTORESEARCH_CLIMBMIX_URL", (tmp_path / "mirror").as_uri())
     monkeypatch.setattr(prepare.torch.cuda, "is_available", lambda: True)
     assert prepare.dataset_dir().name == "climbmix10-bpe8192"
-    assert prepare.main(["--num-shards", "1", "--byte-level"]) == 0
+    assert build.main(["--num-shards", "1", "--byte-level"]) == 0
     out = capsys.readouterr().out
     assert "no --source given: climbmix" in out and "CUDA is available" in out
     assert (prepare.dataset_dir("climbmix1-byte") / "meta.json").exists()
@@ -243,7 +244,7 @@ def test_cuda_makes_climbmix_the_default_source_and_dataset(
 def test_without_cuda_shakespeare_is_the_default_dataset(prepare: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prepare.torch.cuda, "is_available", lambda: False)
     assert prepare.dataset_dir().name == "shakespeare-bpe8192" == prepare.default_dataset()
-    assert prepare.default_name("climbmix", prepare.VOCAB_SIZE, False, prepare.CLIMBMIX_SHARDS) == prepare.CUDA_DATASET
+    assert build.default_name("climbmix", prepare.VOCAB_SIZE, False, prepare.CLIMBMIX_SHARDS) == prepare.CUDA_DATASET
 
 
 def test_the_server_defaults_to_the_dataset_prepare_makes(

@@ -6,7 +6,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
-from conftest import load_prepare
+from conftest import load_prepare, prepare_dataset
 
 TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate. " * 30
 
@@ -17,7 +17,7 @@ def prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for i in range(3):
         (tmp_path / f"doc{i}.txt").write_text(f"Document {i}. " + TEXT, encoding="utf-8")
     module = load_prepare()
-    module.main(["--source", "files", "--paths", str(tmp_path), "--byte-level", "--name", "tiny"])
+    prepare_dataset(["--source", "files", "--paths", str(tmp_path), "--byte-level", "--name", "tiny"])
     monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
     return module
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import EXPERIMENT, load_prepare
+from conftest import EXPERIMENT, load_evaluate, load_prepare, prepare_dataset
 
 TEXTS = ["Héllo wörld, 日本語 and 🙂 emoji. " * 60, "Plain English prose for a second document. " * 80]
 
@@ -89,8 +89,13 @@ def prepare(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.
     for i, text in enumerate(TEXTS):
         (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
     module = load_prepare()
-    module.main(["--source", "files", "--paths", str(tmp_path), request.param, "--name", "tiny"])
+    prepare_dataset(["--source", "files", "--paths", str(tmp_path), request.param, "--name", "tiny"])
     return module
+
+
+@pytest.fixture
+def evaluate(prepare: ModuleType) -> ModuleType:
+    return load_evaluate(prepare)
 
 
 def val_bytes() -> int:
@@ -102,25 +107,27 @@ def val_tokens(prepare: ModuleType) -> np.ndarray:
     return np.fromfile(prepare.dataset_dir() / "val.bin", dtype=np.uint16)
 
 
-def test_uniform_model_scores_log2_vocab_per_token(prepare: ModuleType) -> None:
+def test_uniform_model_scores_log2_vocab_per_token(prepare: ModuleType, evaluate: ModuleType) -> None:
     meta = prepare.load_meta()
     n_text_tokens = int((val_tokens(prepare) != meta["bos_id"]).sum())
     expected = n_text_tokens * math.log2(meta["vocab_size"]) / val_bytes()
-    assert prepare.evaluate_bpb(Uniform(meta["vocab_size"]), batch_size=2) == pytest.approx(expected, rel=1e-6)
+    assert evaluate.evaluate_bpb(Uniform(meta["vocab_size"]), batch_size=2) == pytest.approx(expected, rel=1e-6)
 
 
-def test_eval_tokens_scores_exactly_that_many_tokens_of_a_longer_split(prepare: ModuleType) -> None:
+def test_eval_tokens_scores_exactly_that_many_tokens_of_a_longer_split(
+    prepare: ModuleType, evaluate: ModuleType
+) -> None:
     """The limit is smaller than the split, so ignoring it would change what is scored."""
     meta, val = prepare.load_meta(), val_tokens(prepare)
     assert len(val) > 50
-    rows = prepare.eval_rows("val", 50)
+    rows = evaluate.eval_rows("val", 50)
     assert int((rows[:, 1:] != meta["bos_id"]).sum()) == int((val[:50] != meta["bos_id"]).sum())
     texts = prepare.load_tokenizer().decode([t for t in val[:50].tolist() if t != meta["bos_id"]])
     expected = int((val[:50] != meta["bos_id"]).sum()) * math.log2(meta["vocab_size"]) / len(texts.encode())
     model = Uniform(meta["vocab_size"])
-    first = prepare.evaluate_bpb(model, 1, rows)
+    first = evaluate.evaluate_bpb(model, 1, rows)
     assert first == pytest.approx(expected, rel=1e-6)
-    assert prepare.evaluate_bpb(model, 3, rows) == first  # the batch size does not change the result
+    assert evaluate.evaluate_bpb(model, 3, rows) == first  # the batch size does not change the result
 
 
 def tiny_gpt(prepare: ModuleType, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
@@ -139,13 +146,13 @@ def tiny_gpt(prepare: ModuleType, monkeypatch: pytest.MonkeyPatch) -> torch.nn.M
 def evaluator(prepare: ModuleType, model: Path, tmp_path: Path, **env: str) -> dict[str, Any]:
     """The evaluator as the server starts it: its own process, the locked file, a result file."""
     result = tmp_path / "result.json"
-    subprocess.run([sys.executable, str(EXPERIMENT / "prepare.py"), "--evaluate", str(model), "--result",
+    subprocess.run([sys.executable, str(EXPERIMENT / "evaluate.py"), str(model), "--result",
                     str(result)], env={**os.environ, **env}, check=True, capture_output=True, timeout=120)  # fmt: skip
     return json.loads(result.read_text())  # type: ignore[no-any-return]
 
 
 def test_handed_over_model_scores_what_it_scores_in_process(
-    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real model through torch.export, save and the evaluator process: the same bits per byte as
     evaluate_bpb on the same weights in this process."""
@@ -154,8 +161,8 @@ def test_handed_over_model_scores_what_it_scores_in_process(
     zipped = zipfile.ZipFile(path)
     assert not [n for n in zipped.namelist() if n.endswith(".pt") and zipped.getinfo(n).file_size > 0]  # no pickle
     device = torch.device("cpu")
-    with prepare.eval_autocast(device):  # the evaluator scores in bf16 where the CPU has it, float32 elsewhere
-        expected = prepare.evaluate_bpb(model.eval(), 2, device=device, pad=True)  # save_model's batch: 2
+    with evaluate.eval_autocast(device):  # the evaluator scores in bf16 where the CPU has it, float32 elsewhere
+        expected = evaluate.evaluate_bpb(model.eval(), 2, device=device, pad=True)  # save_model's batch: 2
     result = evaluator(prepare, path, tmp_path, AUTORESEARCH_EVAL_BATCH="8")
     assert result["status"] == "ok" and result["bpb"] == pytest.approx(expected, rel=1e-9)
     assert result["tokens"] == len(val_tokens(prepare))
@@ -163,7 +170,7 @@ def test_handed_over_model_scores_what_it_scores_in_process(
 
 
 def test_the_loader_with_its_type_hints_kept_builds_the_program_torch_builds(
-    prepare: ModuleType, monkeypatch: pytest.MonkeyPatch
+    prepare: ModuleType, evaluate: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The evaluator keeps the deserializer's type hints while it loads: the same program as torch's own
     load, each schema class's hints asked for once, and torch's module as it was afterwards."""
@@ -180,13 +187,13 @@ def test_the_loader_with_its_type_hints_kept_builds_the_program_torch_builds(
         return plain(obj, *args, **kwargs)
 
     monkeypatch.setattr(typing, "get_type_hints", counted)
-    theirs = torch.export.load(prepare.read_archive(path))
+    theirs = torch.export.load(evaluate.read_archive(path))
     uncached = len(asked)
     asked.clear()
-    ours, _ = prepare.load_model(path)
+    ours, _ = evaluate.load_model(path)
     assert 0 < len(asked) == len(set(asked)) < uncached / 10
     assert serialize.typing is typing  # type: ignore[attr-defined]
-    x = prepare.eval_rows("val")[:, :-1].repeat(2, 1)[:2]  # the batch it was exported for
+    x = evaluate.eval_rows("val")[:, :-1].repeat(2, 1)[:2]  # the batch it was exported for
     with torch.no_grad():
         assert torch.equal(ours(x), theirs.module()(x))
 
@@ -194,13 +201,15 @@ def test_the_loader_with_its_type_hints_kept_builds_the_program_torch_builds(
 FAULTS = """
 import resource, sys, torch
 sys.path.insert(0, sys.argv[2])
-import prepare
+import evaluate
 if sys.argv[1] == "keep":
-    assert prepare.keep_freed_memory()
-torch.ones(8 << 20).add_(1)  # 32 MiB of float32, as a CPU evaluation's logits are per batch
+    assert evaluate.keep_freed_memory()
+def batches(n):  # 32 MiB of float32 a batch, as a CPU evaluation's logits are
+    for _ in range(n):
+        torch.ones(8 << 20).add_(1)
+batches(10)  # the heap settles first: how the imports before left it does not count
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    torch.ones(8 << 20).add_(1)
+batches(10)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -216,18 +225,18 @@ def test_the_evaluator_keeps_freed_memory_for_its_next_tensors() -> None:
         return int(done.stdout.split()[-1])
 
     assert faults("plain") > 9 * 8192  # every one of the ten mapped anew
-    assert faults("keep") < 4 * 8192  # the heap grows once or twice, then its memory is reused
+    assert faults("keep") < 8192  # once settled, the heap's memory is reused: not one batch mapped anew
 
 
 def test_the_loss_in_slices_sums_what_one_cross_entropy_over_every_token_sums(
-    prepare: ModuleType, monkeypatch: pytest.MonkeyPatch
+    prepare: ModuleType, evaluate: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """evaluate_bpb takes the cross-entropy a slice of tokens at a time on a CPU (a slice that does not divide
     a row here); the figure is the closed form over every token at once: nats of byte-bearing targets over
     ln 2 times their bytes."""
     model = tiny_gpt(prepare, monkeypatch).eval()
-    monkeypatch.setattr(prepare, "EVAL_LOSS_CHUNK_CPU", 100)
-    rows = prepare.eval_rows("val")
+    monkeypatch.setattr(evaluate, "EVAL_LOSS_CHUNK_CPU", 100)
+    rows = evaluate.eval_rows("val")
     token_bytes = torch.from_numpy(np.load(prepare.dataset_dir() / "token_bytes.npy").astype(np.int64))
     with torch.no_grad():
         logits = model(rows[:, :-1])
@@ -235,8 +244,8 @@ def test_the_loss_in_slices_sums_what_one_cross_entropy_over_every_token_sums(
     nats = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets, reduction="none")
     nbytes = token_bytes[targets]
     expected = float(nats.double()[nbytes > 0].sum()) / (math.log(2) * int(nbytes.sum()))
-    assert prepare.evaluate_bpb(model, 1, rows) == pytest.approx(expected, rel=1e-9)
-    assert prepare.evaluate_bpb(model, 2, rows, pad=True) == pytest.approx(expected, rel=1e-9)
+    assert evaluate.evaluate_bpb(model, 1, rows) == pytest.approx(expected, rel=1e-9)
+    assert evaluate.evaluate_bpb(model, 2, rows, pad=True) == pytest.approx(expected, rel=1e-9)
 
 
 def test_evaluator_scores_the_configured_number_of_tokens(
@@ -256,14 +265,16 @@ def test_models_that_cheat_are_refused(prepare: ModuleType, tmp_path: Path, mode
     assert result["status"] == "bad_model" and why in result["reason"]
 
 
-def test_a_model_that_looks_ahead_only_in_the_scoring_precision_is_refused(prepare: ModuleType, tmp_path: Path) -> None:
+def test_a_model_that_looks_ahead_only_in_the_scoring_precision_is_refused(
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path
+) -> None:
     """The contract is checked under the autocast the model is scored in: a check in float32 alone passes a
     model whose peek at the future opens only in bf16."""
-    if not isinstance(prepare.eval_autocast(torch.device("cpu")), torch.autocast):
+    if not isinstance(evaluate.eval_autocast(torch.device("cpu")), torch.autocast):
         pytest.skip("this CPU has no bf16: the evaluator checks and scores in float32 alone")
     model = PeekingInLowPrecision(prepare.load_meta()["vocab_size"])
-    rows = prepare.eval_rows("val")
-    prepare.check_contract(model, rows, model.vocab_size, torch.device("cpu"))  # float32: it passes
+    rows = evaluate.eval_rows("val")
+    evaluate.check_contract(model, rows, model.vocab_size, torch.device("cpu"))  # float32: it passes
     result = evaluator(prepare, prepare.save_model(model), tmp_path)
     assert result["status"] == "bad_model" and "must be causal" in result["reason"], result
 
@@ -284,19 +295,19 @@ def test_wrong_output_and_nan_are_refused(prepare: ModuleType, tmp_path: Path) -
     assert nan["status"] == "bad_model" and "not finite" in nan["reason"]
 
 
-def test_the_contract_comparisons_agree_with_torch(prepare: ModuleType) -> None:
+def test_the_contract_comparisons_agree_with_torch(prepare: ModuleType, evaluate: ModuleType) -> None:
     """The evaluator's own finiteness and closeness checks (cheaper than torch's) give torch's answers."""
     want = torch.randn(3, 16, 8)
     for bad in (float("nan"), float("inf"), -float("inf")):
         broken = want.clone()
         broken[1, 5, 2] = bad
-        assert prepare._finite(broken) is False and bool(torch.isfinite(broken).all()) is False
-        assert prepare._close(broken, want) is False and not torch.allclose(broken, want, atol=1e-4, rtol=1e-4)
-    assert prepare._finite(want) and prepare._finite(want[:, :0])
+        assert evaluate._finite(broken) is False and bool(torch.isfinite(broken).all()) is False
+        assert evaluate._close(broken, want) is False and not torch.allclose(broken, want, atol=1e-4, rtol=1e-4)
+    assert evaluate._finite(want) and evaluate._finite(want[:, :0])
     for scale in (0.0, 5e-5, 1e-4 * 0.99, 1e-4 * 1.5, 1e-2):
         got = want + scale * (1 + want.abs())
-        assert prepare._close(got, want) == torch.allclose(got, want, atol=1e-4, rtol=1e-4)
-    assert not prepare._close(want[:1], want)  # a different shape is never close, even where it broadcasts
+        assert evaluate._close(got, want) == torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert not evaluate._close(want[:1], want)  # a different shape is never close, even where it broadcasts
 
 
 def dynamic_export(prepare: ModuleType, model: torch.nn.Module, path: Path) -> Path:
@@ -311,7 +322,7 @@ def dynamic_export(prepare: ModuleType, model: torch.nn.Module, path: Path) -> P
 
 
 def test_a_model_exported_for_any_batch_scores_the_same(
-    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """save_model fixes the batch to the evaluator's (half the export and load time); an archive with a dynamic
     batch is scored with the configured batch, to the same figure; a fixed batch past the limit is refused."""
@@ -320,7 +331,7 @@ def test_a_model_exported_for_any_batch_scores_the_same(
     dynamic = evaluator(prepare, dynamic_export(prepare, model, tmp_path / "any.pt2"), tmp_path,
                         AUTORESEARCH_EVAL_BATCH="3")  # fmt: skip
     assert fixed["status"] == dynamic["status"] == "ok" and dynamic["bpb"] == pytest.approx(fixed["bpb"], rel=1e-6)
-    monkeypatch.setenv("AUTORESEARCH_EVAL_BATCH", str(prepare.EVAL_MAX_BATCH + 1))
+    monkeypatch.setenv("AUTORESEARCH_EVAL_BATCH", str(evaluate.EVAL_MAX_BATCH + 1))
     huge = evaluator(prepare, prepare.save_model(model), tmp_path)
     assert huge["status"] == "bad_model" and "exported for a batch of" in huge["reason"]
 
@@ -348,28 +359,30 @@ def rewrite(path: Path, change: Any) -> Path:
     ],
 )  # fmt: skip
 def test_crafted_archives_are_refused_before_anything_is_loaded(
-    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, why: str
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: Any, why: str
 ) -> None:
     """The loader would unpickle, run sympy on strings, or call what the graph names: the evaluator refuses
     such archives while they are still bytes. (A dynamic batch, so that the archive has shape expressions.)"""
     path = dynamic_export(prepare, tiny_gpt(prepare, monkeypatch), tmp_path / "model.pt2")
     crafted = rewrite(path, change)
     assert crafted.read_bytes() != path.read_bytes()
-    with pytest.raises(prepare.BadModel, match=why):
-        prepare.read_archive(crafted)
+    with pytest.raises(evaluate.BadModel, match=why):
+        evaluate.read_archive(crafted)
     result = evaluator(prepare, crafted, tmp_path)
     assert result["status"] == "bad_model" and why in result["reason"]
 
 
-def test_an_unexpected_file_in_the_archive_is_refused(prepare: ModuleType, tmp_path: Path) -> None:
+def test_an_unexpected_file_in_the_archive_is_refused(
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path
+) -> None:
     path = prepare.save_model(Uniform(prepare.load_meta()["vocab_size"]))
     with zipfile.ZipFile(path, "a") as archive:
         archive.writestr("model/extra/payload.pkl", b"\x80\x04.")
-    with pytest.raises(prepare.BadModel, match="unexpected file"):
-        prepare.read_archive(path)
+    with pytest.raises(evaluate.BadModel, match="unexpected file"):
+        evaluate.read_archive(path)
 
 
-def test_export_failure_names_the_reason_and_exits_3(prepare: ModuleType, tmp_path: Path) -> None:
+def test_export_failure_names_the_reason_and_exits_3(prepare: ModuleType, evaluate: ModuleType, tmp_path: Path) -> None:
     """A model torch.export cannot capture: save_model writes why (for the agent) and exits with status 3."""
 
     class DataDependent(Uniform):
@@ -391,17 +404,17 @@ AMX_CPU = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 PROBES = """
 import json, sys, torch
 sys.path.insert(0, sys.argv[1])
-import prepare
-capped = prepare.pin_cpu_kernels()  # as evaluate_main does, before the first kernel
-model, batch = prepare.load_model(prepare.Path(sys.argv[2]))
-rows, vocab, device = prepare.eval_rows("val"), int(prepare.load_meta()["vocab_size"]), torch.device("cpu")
+import evaluate, prepare
+capped = evaluate.pin_cpu_kernels()  # as evaluate_main does, before the first kernel
+model, batch = evaluate.load_model(evaluate.Path(sys.argv[2]))
+rows, vocab, device = evaluate.eval_rows("val"), int(prepare.load_meta()["vocab_size"]), torch.device("cpu")
 refusals = []
 for shift in range(1, 13):  # other neighbours each time: the rows shifted, and the same rows changed
     probe = torch.cat([rows[:1], (rows.roll(shift, dims=1) + shift) % vocab])
     try:
-        with prepare.eval_autocast(device):
-            prepare.check_contract(model, probe, vocab, device, batch or 2)
-    except prepare.BadModel as why:
+        with evaluate.eval_autocast(device):
+            evaluate.check_contract(model, probe, vocab, device, batch or 2)
+    except evaluate.BadModel as why:
         refusals.append(str(why))
 print(json.dumps({"refusals": refusals, "capped": capped}))
 """
@@ -410,7 +423,7 @@ print(json.dumps({"refusals": refusals, "capped": capped}))
 @pytest.mark.skipif(not BF16_CPU, reason="this CPU has neither AVX512-BF16 nor AMX: the evaluator checks and scores "
                     "in float32, and the bfloat16 kernels this guards do not run here")  # fmt: skip
 def test_an_honest_model_passes_every_probe_in_bfloat16_whatever_its_neighbours(
-    prepare: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prepare: ModuleType, evaluate: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The default model at its smallest (16-channel heads, width 32: the shapes refused on an AMX CPU), with
     weights large enough that every path counts, checked 12 times beside other rows in the evaluator's own
@@ -423,18 +436,18 @@ def test_an_honest_model_passes_every_probe_in_bfloat16_whatever_its_neighbours(
     out = subprocess.run([sys.executable, "-c", PROBES, str(EXPERIMENT), str(path)], env=dict(os.environ),
                          capture_output=True, text=True, timeout=300, check=True)  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["refusals"] == [] and result["capped"] == (prepare.EVAL_CPU_ISA if AMX_CPU else None), result
+    assert result["refusals"] == [] and result["capped"] == (evaluate.EVAL_CPU_ISA if AMX_CPU else None), result
 
 
 KERNEL = """
 import os, sys, torch
 sys.path.insert(0, sys.argv[1])
-import prepare
+import evaluate
 if sys.argv[2] == "simulate":  # this CPU has no AMX: cap one level below what it has, so the cap shows
     torch.cpu._is_amx_tile_supported = lambda: True
-    prepare.EVAL_CPU_ISA = "AVX512_CORE"
+    evaluate.EVAL_CPU_ISA = "AVX512_CORE"
 if sys.argv[2] != "uncapped":
-    prepare.pin_cpu_kernels()
+    evaluate.pin_cpu_kernels()
 torch.randn(64, 48).bfloat16() @ torch.randn(48, 64).bfloat16()
 """
 
@@ -459,4 +472,4 @@ def test_the_evaluator_caps_its_cpu_kernels_below_amx_before_the_first_one_runs(
     else:
         assert "avx512_core_bf16" in bf16_matmul_kernel("uncapped")
         assert "avx512_core_bf16" not in bf16_matmul_kernel("simulate")
-        assert load_prepare().pin_cpu_kernels() is None  # nothing to cap here
+        assert load_evaluate().pin_cpu_kernels() is None  # nothing to cap here

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import HAS_BWRAP, load_prepare, make_fake_repo, real_experiment_repo
+from conftest import HAS_BWRAP, make_fake_repo, prepare_dataset, real_experiment_repo
 from mcp import Client
 from pydantic import ValidationError
 
@@ -106,7 +106,7 @@ def real_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
     (tmp_path / "corpus.txt").write_text(CORPUS)
     args = ["--source", "files", "--paths", str(tmp_path / "corpus.txt"), "--byte-level", "--name", "tiny"]
-    load_prepare().main(args)
+    prepare_dataset(args)
     repo = real_experiment_repo(
         tmp_path / "repo",
         f"""[autoresearch]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import REPO_ROOT, dead_pid, write_slot
 
+from server.config import Config
 from server.history import History, RunRecord, Status
 
 SCRIPTS = REPO_ROOT / "scripts"
@@ -250,6 +251,17 @@ def test_guard_reads_the_locked_list_from_the_configuration(project: Path) -> No
     (project / "autoresearch.toml").write_text('[autoresearch]\nlocked = ["data/*.py"]\n')
     assert guard(project, "Write", file_path="data/eval.py") is not None
     assert guard(project, "Write", file_path="experiment/prepare.py") is None
+
+
+def test_without_a_locked_list_the_guard_and_the_settings_protect_the_servers_default(project: Path) -> None:
+    """The guard's fallback, the shipped deny rules and the server's default name the same locked files (the
+    evaluator among them)."""
+    (project / "autoresearch.toml").write_text('[autoresearch]\ntag = "night"\n')
+    deny = json.loads((REPO_ROOT / ".claude" / "settings.json").read_text())["permissions"]["deny"]
+    assert "experiment/evaluate.py" in Config.model_validate({}).locked
+    for path in Config.model_validate({}).locked:
+        assert guard(project, "Write", file_path=str(project / path)) is not None, path
+        assert {f"Edit({path})", f"Write({path})"} <= set(deny), path
 
 
 def test_guard_refuses_a_symlink_onto_a_locked_file(project: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, load_prepare, needs_bwrap, real_experiment_repo
+from conftest import EXPERIMENT, needs_bwrap, prepare_dataset, real_experiment_repo
 
 from server.config import load_config
 from server.errors import StateError
@@ -39,7 +39,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
     for i in range(2):
         (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
-    load_prepare().main(["--source", "files", "--paths", str(tmp_path / "play0.txt"), str(tmp_path / "play1.txt"),
+    prepare_dataset(["--source", "files", "--paths", str(tmp_path / "play0.txt"), str(tmp_path / "play1.txt"),
                          "--byte-level", "--name", "tiny"])  # fmt: skip
     repo = real_experiment_repo(tmp_path / "repo", CONFIG)
     return Lab(repo, load_config(repo))
@@ -82,9 +82,9 @@ def test_a_printed_summary_without_a_model_is_not_a_result(lab: Lab) -> None:
 
 
 def test_a_wrapped_evaluator_changes_only_what_the_run_says(lab: Lab) -> None:
-    """Scenario: Measurement / a train.py that wraps prepare.evaluate_bpb to scale its result and prints the
+    """Scenario: Measurement / a train.py that wraps evaluate.evaluate_bpb to scale its result and prints the
     scaled figure: the metric is the server's evaluation; the printed one is kept as `reported`, flagged"""
-    wrap = "    import prepare\n    prepare.evaluate_bpb = lambda *a, **k: 0.01\n"
+    wrap = "    import evaluate\n    evaluate.evaluate_bpb = lambda *a, **k: 0.01\n"
     confess = "    print('---')\n    print('val_bpb: 0.010000')\n"
     record, _ = run(lab, train_with(lab, before=wrap, after=confess))
     assert record.status == "ok" and record.metric is not None and record.metric > 0.5

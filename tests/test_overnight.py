@@ -100,7 +100,8 @@ def test_a_working_night_runs_sessions_until_the_human_stops_it(project: Path) -
     assert "night over: the human asked to stop" in text
     assert re.search(r"^\S+ the morning report: \.venv/bin/autoresearch report --tag nov25 --html$", text, re.M)
     session = (project.parent / "calls").read_text().splitlines()[0]
-    assert "--strict-mcp-config" in session and "--allowedTools mcp__autoresearch Read" in session
+    assert "--strict-mcp-config" in session and "--allowedTools mcp__autoresearch Read(./experiment/**)" in session
+    assert " Read " not in f"{session} "  # never Read everywhere: tests/test_data_access.py
 
 
 def test_the_night_ends_at_its_deadline_without_starting_a_session(project: Path) -> None:

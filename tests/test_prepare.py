@@ -1,4 +1,4 @@
-"""Tests of experiment/prepare.py's one-time preparation: real corpora, real tokenizers, real downloads."""
+"""Tests of the one-time preparation (`autoresearch prepare`): real corpora, real tokenizers, real downloads."""
 
 import json
 from pathlib import Path
@@ -7,6 +7,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 from conftest import load_prepare
+
+from server.dataset import build, sources
 
 OUTPUTS = ("train.bin", "val.bin", "tokenizer.json", "token_bytes.npy", "meta.json")
 DOCS = {
@@ -20,7 +22,7 @@ DOCS = {
 def prepare(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     module = load_prepare()
-    monkeypatch.setattr(module, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
+    monkeypatch.setattr(sources, "DOWNLOAD_BACKOFF", 0.01)  # real retries, shorter waits
     return module
 
 
@@ -45,7 +47,7 @@ def sorted_texts(root: Path) -> list[str]:
 
 
 def test_byte_level_files_source(prepare: ModuleType, corpus: Path) -> None:
-    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    assert build.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
     directory = prepare.dataset_dir("tiny")
     meta = json.loads((directory / "meta.json").read_text())
     assert meta["vocab_size"] == 257 and meta["bos_id"] == 256
@@ -62,7 +64,7 @@ def test_byte_level_files_source(prepare: ModuleType, corpus: Path) -> None:
 
 def test_holdout_is_the_tail_of_each_training_document_just_before_val(prepare: ModuleType, corpus: Path) -> None:
     """train + holdout + val is each document again, in order: the three splits are disjoint and cover it."""
-    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    assert build.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
     directory = prepare.dataset_dir("tiny")
 
     def texts(split: str) -> list[bytes]:
@@ -81,31 +83,31 @@ def _docs(tokens: np.ndarray) -> list[bytes]:
 
 
 def test_a_dataset_from_before_the_holdout_must_be_prepared_again(prepare: ModuleType, corpus: Path) -> None:
-    assert prepare.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
+    assert build.main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]) == 0
     meta_path = prepare.dataset_dir("tiny") / "meta.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "format_version": 1}))
-    assert prepare.main(["--check", "--name", "tiny"]) == 1
+    assert build.main(["--check", "--name", "tiny"]) == 1
 
 
 def test_bpe_is_deterministic_across_caches(
     prepare: ModuleType, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--vocab-size", "320", "--name", "bpe"]
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     first = prepare.dataset_dir("bpe")
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "other-cache"))
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     second = prepare.dataset_dir("bpe")
     assert first != second
     for name in OUTPUTS:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     meta = json.loads((first / "meta.json").read_text())
     assert meta["vocab_size"] == 320
-    assert meta["outputs"]["val.bin"]["sha256"] == prepare.sha256_file(first / "val.bin")
+    assert meta["outputs"]["val.bin"]["sha256"] == sources.sha256_file(first / "val.bin")
 
 
 def test_round_trip_and_byte_lengths(prepare: ModuleType, corpus: Path) -> None:
-    prepare.main(["--source", "files", "--paths", str(corpus), "--vocab-size", "360", "--name", "bpe"])
+    build.main(["--source", "files", "--paths", str(corpus), "--vocab-size", "360", "--name", "bpe"])
     tok = prepare.load_tokenizer("bpe")
     assert tok.vocab_size == 360 and tok.bos_id == 359 and tok.token_bytes[tok.bos_id] == 0
     for text in ["é", "日本", "🙂", "Café 日本語 🎭 plain words", "x" * 100]:
@@ -120,43 +122,43 @@ def test_round_trip_and_byte_lengths(prepare: ModuleType, corpus: Path) -> None:
 
 def test_rerun_is_idempotent(prepare: ModuleType, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
-    prepare.main(args)
+    build.main(args)
     directory = prepare.dataset_dir("tiny")
     mtimes = {name: (directory / name).stat().st_mtime_ns for name in OUTPUTS}
     capsys.readouterr()
-    assert prepare.main(args) == 0
+    assert build.main(args) == 0
     assert "already prepared" in capsys.readouterr().out
     assert mtimes == {name: (directory / name).stat().st_mtime_ns for name in OUTPUTS}
 
 
 def test_incomplete_dataset_is_rebuilt(prepare: ModuleType, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
-    prepare.main(args)
+    build.main(args)
     directory = prepare.dataset_dir("tiny")
     (directory / "val.bin").unlink()  # as if interrupted after meta.json was removed and files rewritten
     capsys.readouterr()
-    prepare.main(args)
+    build.main(args)
     assert "prepared" in capsys.readouterr().out and (directory / "val.bin").exists()
     assert not list(directory.glob(".*tmp*"))  # no temp files left behind
 
 
 def test_changed_input_rebuilds(prepare: ModuleType, corpus: Path) -> None:
     args = ["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"]
-    prepare.main(args)
+    build.main(args)
     before = json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"]
     (corpus / "a.txt").write_text("changed text " * 100, encoding="utf-8")
-    prepare.main(args)
+    build.main(args)
     assert json.loads((prepare.dataset_dir("tiny") / "meta.json").read_text())["fingerprint"] != before
 
 
 def test_download_gives_up_after_retries(prepare: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="after 2 attempts"):
-        prepare.download((tmp_path / "missing.parquet").as_uri(), tmp_path / "out.parquet", retries=2)
+        sources.download((tmp_path / "missing.parquet").as_uri(), tmp_path / "out.parquet", retries=2)
     assert not (tmp_path / "out.parquet").exists()
 
 
 def test_shakespeare_source(prepare: ModuleType) -> None:
-    assert prepare.main(["--vocab-size", "512", "--name", "sh"]) == 0
+    assert build.main(["--vocab-size", "512", "--name", "sh"]) == 0
     meta = json.loads((prepare.dataset_dir("sh") / "meta.json").read_text())
     assert meta["source"] == "shakespeare" and meta["documents"] == {"train": 38, "val": 38}
     assert 0.045 < meta["bytes"]["val"] / (meta["bytes"]["val"] + meta["bytes"]["train"]) < 0.055

@@ -20,8 +20,8 @@ import pytest
 from conftest import (
     FAKE_CONFIG,
     REPO_ROOT,
-    load_prepare,
     make_fake_repo,
+    prepare_dataset,
     real_experiment_repo,
     set_mode,
 )
@@ -314,7 +314,7 @@ def experiment_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     corpus.mkdir()
     (corpus / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 4000)
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
-    load_prepare().main(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"])
+    prepare_dataset(["--source", "files", "--paths", str(corpus), "--byte-level", "--name", "tiny"])
     return real_experiment_repo(
         repo,
         f"""\

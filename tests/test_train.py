@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, load_prepare
+from conftest import EXPERIMENT, load_prepare, prepare_dataset
 
 TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 60
 PROGRESS = re.compile(r"^step (\d+) \| loss ([0-9.]+) \|.* \| elapsed ([0-9.]+)s \| remaining ([0-9.]+)s$", re.M)
@@ -19,7 +19,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     for i in range(2):
         (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
-    load_prepare().main(["--source", "files", "--paths", str(tmp_path), "--byte-level", "--name", "tiny"])
+    prepare_dataset(["--source", "files", "--paths", str(tmp_path), "--byte-level", "--name", "tiny"])
     return {
         **os.environ,
         "AUTORESEARCH_DATASET": "tiny",
