@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from types import ModuleType
 
-from server.summary import as_float, parse_summary
+from server.run.summary import as_float, parse_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiment"
@@ -44,7 +44,7 @@ def quick_dataset() -> dict[str, str]:
 
 
 def number(summary: dict[str, str], key: str) -> float:
-    """A figure from a summary block read by the server's own parser (server.summary), or a clear stop."""
+    """A figure from a summary block read by the server's own parser (server.run.summary), or a clear stop."""
     value = as_float(summary, key)
     if value is None:
         raise SystemExit(f"train.py's summary has no number for {key!r}: {summary}")

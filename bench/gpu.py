@@ -30,7 +30,7 @@ from mcp import Client
 from report import git_state
 from session import checked, decide
 
-from server.summary import as_float
+from server.run.summary import as_float
 
 LIMIT_S = 480  # the whole check must fit a few minutes of a lent GPU machine
 OFFLINE_DATASET = "shakespeare-bpe8192"  # the GPU machine has no network: the offline corpus

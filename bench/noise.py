@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from server.config import Config, load_config  # noqa: E402
-from server.loop import Lab  # noqa: E402
-from server.noise import Group, noise_band, t_quantile  # noqa: E402
+from server.lab.loop import Lab  # noqa: E402
+from server.lab.noise import Group, noise_band, t_quantile  # noqa: E402
 
 NIGHT_S = 8 * 3600  # one night of the loop
 DEFAULTS = Config()  # noise_seeds, confidence as a fresh autoresearch.toml has them

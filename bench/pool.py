@@ -30,9 +30,9 @@ from labrepo import GIT_ENV, fake_repo, git
 from report import summarize
 
 from server.config import load_config
-from server.edits import Edit
-from server.history import RunRecord
-from server.loop import Lab
+from server.lab.edits import Edit
+from server.lab.loop import Lab
+from server.store.history import RunRecord
 
 SLOTS = (1, 2, 4)
 TARGET = 0.95  # of N times the single-slot rate
@@ -155,7 +155,7 @@ def run(quick: bool, budget: float | None = None, waves: int | None = None) -> d
     kinds = runners()
     try:
         if "ray" in kinds:
-            from server.ray_runner import connect
+            from server.run.ray_runner import connect
 
             connect(**RAY_CLUSTER)
         pools = [make_pool(work, kind, n, budget) for n in slots for kind in kinds]

@@ -25,9 +25,9 @@ from labrepo import GIT_ENV, fake_repo, real_repo, tiny_dataset
 from report import fmt, summarize, table
 
 from server.config import load_config
-from server.loop import Lab
-from server.ray_runner import RayExecution, RayRunner, connect
-from server.runner import LocalRunner, Runner, RunSpec
+from server.lab.loop import Lab
+from server.run.ray_runner import RayExecution, RayRunner, connect
+from server.run.runner import LocalRunner, Runner, RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

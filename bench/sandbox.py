@@ -18,8 +18,8 @@ from labrepo import fake_repo, real_repo, tiny_dataset
 from report import summarize
 
 from server.config import load_config
-from server.loop import Lab
-from server.sandbox import bwrap_path
+from server.lab.loop import Lab
+from server.run.sandbox import bwrap_path
 
 TARGET_ADDED_S = 0.3
 

@@ -123,7 +123,7 @@ def start(root: Path, tag: str | None, deadline: float | None) -> dict[str, Any]
 
 
 def report_command(tag: str) -> str:
-    """The command that writes the morning report of the night's tag (server/report.py)."""
+    """The command that writes the morning report of the night's tag (server/show/report.py)."""
     return f".venv/bin/autoresearch report --tag {tag} --html"
 
 

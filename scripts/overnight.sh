@@ -115,7 +115,7 @@ night_loop() {
   report_line
 }
 
-# The command that writes the night's report for the human's morning (server/report.py).
+# The command that writes the night's report for the human's morning (server/show/report.py).
 report_line() {
   say "the morning report: .venv/bin/autoresearch report --tag $(run_tag) --html"
 }

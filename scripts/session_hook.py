@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Claude Code SessionStart hook: give a new, resumed or compacted session the state of the search.
 
-Runs `python -m server.brief` with the project's own .venv (the history is read by the server's code, not
+Runs `python -m server.show.brief` with the project's own .venv (the history is read by the server's code, not
 a second parser) and hands its few lines to the agent as additional context. Silent outside an
 autoresearch project. Standard library only: it runs under whatever python3 the machine has.
 """
@@ -24,8 +24,9 @@ def brief(root: Path) -> str:
     if not python.exists():
         return f"autoresearch: {python} is missing, so the search state is unknown; ask the human to run setup.sh."
     try:
-        out = subprocess.run([str(python), "-m", "server.brief", "--root", str(root)], cwd=root, capture_output=True,
-                             text=True, timeout=BRIEF_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+        out = subprocess.run([str(python), "-m", "server.show.brief", "--root", str(root)], cwd=root,
+                             capture_output=True, text=True, timeout=BRIEF_TIMEOUT_S,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"autoresearch: could not read the search state ({exc}); call get_history."
     problem = out.stderr.strip()[-200:]

@@ -6,7 +6,7 @@ STOP created, its `stop` reason set (a cap reached) or its deadline passed, and 
 ended also gets a message for the human with the command that writes the morning report). When
 Claude Code says the agent was already sent back once (`stop_hook_active`) and no run was recorded since,
 the agent may stop too, so a stuck agent cannot loop on this hook; the overnight launcher starts a fresh
-session. Runs still in flight (the pool's slot files, <state_dir>/slots/<n>.lock, read as server/registry.py's
+session. Runs still in flight (the pool's slot files, <state_dir>/slots/<n>.lock, read as server/store/registry.py's
 read_live reads them) are named, so the agent collects them first. Standard library only: it runs under
 whatever python3 the machine has.
 """

@@ -19,12 +19,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from server import views
 from server.config import load_config
-from server.edits import Edit
 from server.errors import AutoresearchError
-from server.loop import ActiveRun, Lab
-from server.runner import kill_all_now
+from server.lab.edits import Edit
+from server.lab.loop import ActiveRun, Lab
+from server.run.runner import kill_all_now
+from server.show import views
 from server.text import clean_description, clean_note, what_failed
 
 log = logging.getLogger("autoresearch")

@@ -19,7 +19,7 @@ from rich.console import Console
 
 from server.config import Config, load_config
 from server.errors import AutoresearchError, ConfigError, RepoError
-from server.history import History
+from server.store.history import History
 from server.text import clean_description, what_failed
 
 EXIT_USER_ERROR = 2
@@ -90,9 +90,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """One experiment by hand, through the server's runner, with a live progress bar."""
     from server.demo import data_problem
-    from server.live import run_with_progress
-    from server.loop import Lab
-    from server.views import run_result
+    from server.lab.loop import Lab
+    from server.show.live import run_with_progress
+    from server.show.views import run_result
 
     description = clean_description(args.description)
     root = root_of(args)
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    from server.loop import Lab
+    from server.lab.loop import Lab
 
     root = root_of(args)
     lab = Lab(root, load_config(root))
@@ -118,8 +118,8 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def cmd_noise(args: argparse.Namespace) -> int:
     """Measure the noise floor again: the best run's code on several seeds, kept as the new best."""
-    from server import table
-    from server.loop import Lab
+    from server.lab.loop import Lab
+    from server.show import table
 
     root = root_of(args)
     lab = Lab(root, load_config(root))
@@ -131,8 +131,9 @@ def cmd_noise(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from server import noise, table
-    from server.history import best_run
+    from server.lab import noise
+    from server.show import table
+    from server.store.history import best_run
 
     config, history = history_of(args)
     every = history.runs()
@@ -151,7 +152,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from server.plot import plot_progress
+    from server.show.plot import plot_progress
 
     config, history = history_of(args)
     path = plot_progress(history.runs(), Path(args.out), config.metric, config.direction)
@@ -161,8 +162,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The morning report of one tag: Markdown with its pictures beside it, or one HTML page."""
-    from server.report import default_out, gather
-    from server.report_render import write_report
+    from server.show.report import default_out, gather
+    from server.show.report_render import write_report
 
     config, history = history_of(args)
     if not history.events_path.exists():
@@ -177,8 +178,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     """The kept changes as a reviewable branch from the tag's base; the run branch and history stay as they are."""
-    from server.finalize import describe, finalize
-    from server.gitops import open_repo
+    from server.show.finalize import describe, finalize
+    from server.store.gitops import open_repo
 
     config, history = history_of(args)
     done = finalize(open_repo(root_of(args)), history, args.onto, config.editable, config.metric, config.direction)
@@ -188,7 +189,7 @@ def cmd_finalize(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from server.watch import watch
+    from server.show.watch import watch
 
     config, history = history_of(args)
     watch(history.folder.parent, history.folder.name, out, once=args.once)
@@ -197,7 +198,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     """The live web dashboard on 127.0.0.1, until Ctrl+C."""
-    from server.dashboard import HOST, serve
+    from server.show.dashboard import HOST, serve
 
     config, history = history_of(args)
     out.print(f"dashboard of tag {history.folder.name} at http://{HOST}:{args.port}/ (Ctrl+C stops it)")
@@ -207,7 +208,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def cmd_pin(args: argparse.Namespace) -> int:
     """Re-pin the locked files after an intended, committed change: a human act."""
-    from server.loop import Lab
+    from server.lab.loop import Lab
 
     root = root_of(args)
     lab = Lab(root, load_config(root))
@@ -218,7 +219,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """End the night at the next decision point: no further run starts; the run in flight finishes."""
-    from server.caps import STOP_FILE
+    from server.lab.caps import STOP_FILE
 
     root = root_of(args)
     state = root / load_config(root).state_dir

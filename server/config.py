@@ -87,7 +87,9 @@ class Config(BaseModel):
     seed: int = Field(42, description="the seed every run gets (AUTORESEARCH_SEED)")
     sandbox: Literal["bwrap", "off"] = Field("bwrap", description="off: runs see the whole machine")
     network: bool = Field(False, description="let runs reach the network")
-    spares: bool = Field(True, description="start each slot's next run process ahead, imports done (server/spares.py)")
+    spares: bool = Field(
+        True, description="start each slot's next run process ahead, imports done (server/run/spares.py)"
+    )
     memory_limit_gb: float = Field(0.0, ge=0, description="0 = 90% of this machine's memory")
     max_processes: int = Field(512, ge=8, description="processes a run may have at once")
     env_allow: list[str] = Field(default_factory=list, description="server variables passed to runs")

@@ -24,12 +24,14 @@ import anyio
 from mcp import Client, StdioServerParameters
 from rich.console import Console
 
-from server import gitops, noise, table
 from server.config import load_config
 from server.errors import ConfigError, InvalidInputError, StateError
-from server.history import History, best_run
-from server.lock import RepoLock
-from server.plot import plot_progress
+from server.lab import noise
+from server.show import table
+from server.show.plot import plot_progress
+from server.store import gitops
+from server.store.history import History, best_run
+from server.store.lock import RepoLock
 
 # A constant whose whole value is one number literal (not `8 if ON_GPU else 4`), then an optional comment.
 CONSTANT_RE = re.compile(

@@ -15,7 +15,7 @@ from types import ModuleType
 import pytest
 
 from server.config import ENV_OVERRIDES, load_config
-from server.loop import Lab
+from server.lab.loop import Lab
 
 FAKE = Path(__file__).parent / "fake"
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import FAKE, git
 
 from server.config import load_config
-from server.loop import Lab
+from server.lab.loop import Lab
 
 PADDING = "".join(f"PAD_{i} = {i}\n" for i in range(12))  # keeps the A and B lines out of each other's context
 

@@ -13,7 +13,7 @@ from types import ModuleType
 import pytest
 from conftest import REPO_ROOT
 
-from server import summary
+from server.run import summary
 
 QUICK_LIMIT_S = 300  # the tiny setting takes about a minute on 2 idle cores (the pool part about 30 s), 3+ under load
 

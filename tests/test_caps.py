@@ -13,7 +13,7 @@ from conftest import disk_state, set_mode
 
 from server.config import load_config
 from server.errors import ConfigError, NightOverError, StateError
-from server.loop import Lab
+from server.lab.loop import Lab
 
 
 def lab_with(repo: Path, **caps: object) -> Lab:

@@ -17,8 +17,8 @@ from rich.console import Console
 
 from server.config import load_config
 from server.demo import report
-from server.history import History, RunRecord
-from server.loop import Lab
+from server.lab.loop import Lab
+from server.store.history import History, RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

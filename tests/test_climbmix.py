@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import load_prepare
 
-from server import isolation
 from server.dataset import build, sources
+from server.run import isolation
 
 VAL = 6542  # the original's pinned validation shard
 

@@ -21,8 +21,8 @@ import pytest
 from conftest import REPO_ROOT, dead_pid, write_slot
 from matplotlib.image import imread
 
-from server.dashboard import run_json
-from server.history import History, RunRecord
+from server.show.dashboard import run_json
+from server.store.history import History, RunRecord
 
 AUTORESEARCH = REPO_ROOT / ".venv" / "bin" / "autoresearch"
 KEEP_RGB = (0x2C, 0xA0, 0x2C)  # the running-best line's colour in dashboard.js

@@ -23,8 +23,8 @@ from conftest import REPO_ROOT
 from fake.model_api import Script, fake_model
 
 from server.config import Config
-from server.dashboard import DEFAULT_PORT
-from server.isolation import DEFAULT_CACHE
+from server.run.isolation import DEFAULT_CACHE
+from server.show.dashboard import DEFAULT_PORT
 
 NODE_BIN = Path(os.environ.get("AUTORESEARCH_NODE_BIN", REPO_ROOT / ".ci" / "node" / "node_modules" / ".bin"))
 SECRET = "VALIDATION-TEXT-THE-AGENT-MUST-NOT-SEE"  # what every denied file holds

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.edits import Edit, apply_edits
 from server.errors import InvalidInputError
+from server.lab.edits import Edit, apply_edits
 
 
 def test_an_edit_cannot_match_text_that_an_earlier_edit_wrote() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from conftest import FAKE_CONFIG, make_fake_repo
 
-from server import table
 from server.config import load_config
-from server.loop import Lab
-from server.outcome import passes, repeated_data
-from server.views import run_result
+from server.lab.loop import Lab
+from server.run.outcome import passes, repeated_data
+from server.show import table
+from server.show.views import run_result
 
 
 def dataset(folder: Path, train_tokens: int) -> Path:

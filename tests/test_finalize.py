@@ -9,9 +9,9 @@ from conftest import git
 from nightlab import night, night_lab
 from test_cli import cli, one_sentence
 
-from server.finalize import Finalized, finalize
-from server.gitops import blob, open_repo, resolve
-from server.loop import Lab
+from server.lab.loop import Lab
+from server.show.finalize import Finalized, finalize
+from server.store.gitops import blob, open_repo, resolve
 
 
 @pytest.fixture

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from server import app
 from server.config import Config, load_config
-from server.history import History, RunRecord, SeedRun
-from server.holdout import holdout_note, score_holdout
-from server.loop import Lab
-from server.plot import render_png
-from server.table import fmt_holdout, holdout_caption
-from server.views import AgentRun, RunDetail
+from server.lab.loop import Lab
+from server.run.holdout import holdout_note, score_holdout
+from server.show.plot import render_png
+from server.show.table import fmt_holdout, holdout_caption
+from server.show.views import AgentRun, RunDetail
+from server.store.history import History, RunRecord, SeedRun
 
 CORPUS = "It was the best of times, it was the worst of times, it was the age of wisdom. " * 600
 

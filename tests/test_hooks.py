@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO_ROOT, dead_pid, write_slot
 
 from server.config import Config
-from server.history import History, RunRecord, Status
+from server.store.history import History, RunRecord, Status
 
 SCRIPTS = REPO_ROOT / "scripts"
 

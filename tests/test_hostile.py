@@ -18,8 +18,8 @@ from conftest import git, needs_bwrap, set_mode
 
 from server.config import load_config
 from server.errors import LockedFileError, RepoError, SandboxError
-from server.history import problems
-from server.loop import Lab
+from server.lab.loop import Lab
+from server.store.history import problems
 
 pytestmark = needs_bwrap
 SUMMARY = "from prepare import summary\nsummary(1.0)\n"
@@ -289,7 +289,7 @@ def test_missing_bubblewrap_refuses_the_tag_with_the_package_name(
 def test_a_sandbox_that_cannot_start_is_its_own_status(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """Scenario: Sandbox / bubblewrap fails to set the sandbox up (here: a folder to bind is gone): the run is
     sandbox_failed, with bubblewrap's words and a reason that says it is not train.py's fault"""
-    from server import isolation, pipeline, sandbox
+    from server.run import isolation, pipeline, sandbox
 
     def broken(*args: Any, **kwargs: Any) -> sandbox.View:
         view = isolation.run_view(*args, **kwargs)

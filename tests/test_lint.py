@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -29,3 +31,50 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert ci.rstrip().endswith("bash scripts/test.sh") and "pytest" not in ci
     assert "bubblewrap" in ci and "pytest" in (REPO_ROOT / "scripts" / "test.sh").read_text()
+
+
+LAYERS = {"store": 0, "run": 1, "lab": 2, "show": 3}  # a layer imports only the layers below it (ARCHITECTURE.md)
+FACES = {"app", "cli", "demo", "wave", "__main__"}  # server/<face>.py: on top, imported by no layer
+
+
+def imported_modules(source: str) -> set[str]:
+    """The server modules a file imports, at its top or inside a function (`from server.lab import loop` counts
+    as server.lab.loop)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("server")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("server"):
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def layering_faults(package: Path) -> list[str]:
+    faults = []
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        if len(parts) < 3 or parts[1] not in LAYERS and parts[1] != "dataset":
+            continue  # a face or a shared module (config, errors, text)
+        where = "/".join(parts)
+        for name in imported_modules(path.read_text(encoding="utf-8")):
+            pieces = name.split(".")
+            if len(pieces) > 1 and pieces[1] in FACES:
+                faults.append(f"{where} imports the face {name}")
+            elif parts[1] in LAYERS and len(pieces) > 1 and LAYERS.get(pieces[1], -1) > LAYERS[parts[1]]:
+                faults.append(f"{where} imports {name}, from a layer above {parts[1]}/")
+    return faults
+
+
+def test_each_layer_imports_only_the_layers_below_it_and_never_a_face() -> None:
+    assert layering_faults(REPO_ROOT / "server") == []
+
+
+def test_the_layering_check_finds_an_import_from_above_even_inside_a_function(tmp_path: Path) -> None:
+    (tmp_path / "server" / "store").mkdir(parents=True)
+    (tmp_path / "server" / "run").mkdir()
+    (tmp_path / "server" / "store" / "history.py").write_text("def f():\n    from server.run import runner\n")
+    (tmp_path / "server" / "run" / "runner.py").write_text("from server.store import history\nimport server.cli\n")
+    assert layering_faults(tmp_path / "server") == [
+        "server/run/runner imports the face server.cli",
+        "server/store/history imports server.run.runner, from a layer above store/",
+    ]

@@ -13,9 +13,9 @@ import pytest
 from conftest import HAS_BWRAP, git, set_mode
 
 from server.config import load_config
-from server.edits import Edit
 from server.errors import BusyError, InvalidInputError, LockedFileError, RepoError, StateError
-from server.loop import Lab
+from server.lab.edits import Edit
+from server.lab.loop import Lab
 
 
 def run_mode(lab: Lab, mode: str, metric: float = 1.0, description: str | None = None):  # type: ignore[no-untyped-def]

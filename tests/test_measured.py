@@ -10,8 +10,8 @@ from conftest import EXPERIMENT, needs_bwrap, prepare_dataset, real_experiment_r
 
 from server.config import load_config
 from server.errors import StateError
-from server.history import RunRecord
-from server.loop import Lab
+from server.lab.loop import Lab
+from server.store.history import RunRecord
 
 pytestmark = [needs_bwrap, pytest.mark.slow]
 TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 80

@@ -14,11 +14,11 @@ from conftest import FAKE_CONFIG, make_fake_repo, set_mode
 
 from server.config import load_config
 from server.errors import StateError
-from server.history import Decision, RunRecord, SeedRun
-from server.loop import Lab
-from server.noise import Group, judge, noise_band, t_cdf, t_quantile
-from server.table import counts
-from server.views import run_result
+from server.lab.loop import Lab
+from server.lab.noise import Group, judge, noise_band, t_cdf, t_quantile
+from server.show.table import counts
+from server.show.views import run_result
+from server.store.history import Decision, RunRecord, SeedRun
 
 SIGMA = 0.01  # tests/fake/prepare.py NOISE_SIGMA
 DECISIONS = 20_000

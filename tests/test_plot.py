@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from PIL import Image
 
-from server.history import Decision, History, RunRecord
-from server.plot import CLIPPED_TOP, _crashes, _draw, _running, chart_title, plot_progress, running_best
+from server.show.plot import CLIPPED_TOP, _crashes, _draw, _running, chart_title, plot_progress, running_best
+from server.store.history import Decision, History, RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -26,15 +26,15 @@ from conftest import (
     set_mode,
 )
 
-from server import runner as local_runner
 from server.config import Config, load_config
-from server.edits import Edit
 from server.errors import ConfigError
-from server.loop import ActiveRun, Lab
-from server.ray_runner import RayExecution, RayRunner, connect, runner_for
-from server.ray_worker import Shipment, changes, localize, manifest, pack, scratch_prefix, unfit, unpack
-from server.runner import RUN_TOKEN_VAR, LocalRunner, RunSpec
-from server.sandbox import View
+from server.lab.edits import Edit
+from server.lab.loop import ActiveRun, Lab
+from server.run import runner as local_runner
+from server.run.ray_runner import RayExecution, RayRunner, connect, runner_for
+from server.run.ray_worker import Shipment, changes, localize, manifest, pack, scratch_prefix, unfit, unpack
+from server.run.runner import RUN_TOKEN_VAR, LocalRunner, RunSpec
+from server.run.sandbox import View
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAS_RAY, reason='Ray is not installed (pip install ".[ray]"; scripts/test.sh does)')
@@ -117,7 +117,7 @@ def test_connecting_keeps_the_servers_sigterm_handler(tmp_path: Path) -> None:
     script = tmp_path / "connect.py"
     script.write_text("""\
 import signal
-from server.ray_runner import connect
+from server.run.ray_runner import connect
 def handler(signum, frame): pass
 signal.signal(signal.SIGTERM, handler)
 connect(num_cpus=1, num_gpus=0, object_store_memory=80_000_000)

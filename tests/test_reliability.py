@@ -25,9 +25,9 @@ from test_stdio import server_params
 from server import app
 from server.config import load_config
 from server.errors import LockedFileError, StateError
-from server.history import read_events
-from server.loop import Lab
-from server.runner import RUN_TOKEN_VAR
+from server.lab.loop import Lab
+from server.run.runner import RUN_TOKEN_VAR
+from server.store.history import read_events
 
 STATE = Path(".autoresearch") / "test"
 

@@ -21,7 +21,7 @@ from mcp import Client
 from server import app
 from server.config import load_config
 from server.errors import RepoError, StateError, StorageError
-from server.loop import Lab
+from server.lab.loop import Lab
 
 STATE = Path(".autoresearch") / "test"
 LONG = "x = 1\n" * 100_000

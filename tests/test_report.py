@@ -12,10 +12,10 @@ from conftest import make_fake_repo
 from nightlab import night, night_lab
 from test_cli import PNG_SIGNATURE, cli, one_sentence
 
-from server.history import RunRecord
-from server.loop import Lab
-from server.report import Report, gather, time_split
-from server.report_render import markdown
+from server.lab.loop import Lab
+from server.show.report import Report, gather, time_split
+from server.show.report_render import markdown
+from server.store.history import RunRecord
 
 SECTIONS = ["summary", "progress", "chain", "next", "failures", "compute", "checks"]
 LINKS = {"progress": "p.png", "time": "t.png", "gains": "g.png"}  # where the Markdown points each picture

@@ -17,10 +17,10 @@ import pytest
 from conftest import FAKE_CONFIG, git, make_fake_repo, set_mode
 
 from server.config import load_config
-from server.edits import Edit
 from server.errors import BusyError, StateError
-from server.history import RunRecord
-from server.loop import ActiveRun, Lab
+from server.lab.edits import Edit
+from server.lab.loop import ActiveRun, Lab
+from server.store.history import RunRecord
 
 BUDGET = 2.0
 SUPERVISOR_EXIT_S = 15.0  # a bound on the exit after the record: the interpreter ends, the slot is freed

@@ -1,4 +1,4 @@
-"""Spare run processes (server/spares.py): a slot's next run started ahead, imports done, waiting in its
+"""Spare run processes (server/run/spares.py): a slot's next run started ahead, imports done, waiting in its
 sandbox. A run in a spare must be the run a cold start would be: the same script as __main__, its seed, its
 folders, its locked files read-only, its token known to recovery; a spare that no longer fits is not used."""
 
@@ -17,10 +17,10 @@ from mcp import Client
 
 from server import app
 from server.config import load_config
-from server.history import History
-from server.loop import Lab
-from server.runner import LocalExecution
-from server.spares import LAUNCHER, NOT_READY
+from server.lab.loop import Lab
+from server.run.runner import LocalExecution
+from server.run.spares import LAUNCHER, NOT_READY
+from server.store.history import History
 
 # Says what it sees, then prints the old contract's summary (the fake repository is self-reported).
 PROBE = """\

@@ -13,7 +13,7 @@ from conftest import REPO_ROOT, git
 from mcp import Client, StdioServerParameters
 
 from server.config import load_config
-from server.loop import Lab
+from server.lab.loop import Lab
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from server.history import TSV_HEADER, History, RunRecord
-from server.table import counts, format_rows, render_table, title, to_json, to_tsv
+from server.show.table import counts, format_rows, render_table, title, to_json, to_tsv
+from server.store.history import TSV_HEADER, History, RunRecord
 
 LONG = "increase depth to eight, widen the MLP four times and retune the learning rate schedule " * 3
 

@@ -14,7 +14,7 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from server import app
-from server.runner import RUN_TOKEN_VAR
+from server.run.runner import RUN_TOKEN_VAR
 
 pytestmark = pytest.mark.anyio
 MODES = ["auto", "legacy"]

@@ -14,8 +14,8 @@ from pathlib import Path
 from conftest import dead_pid, write_slot
 from rich.console import Console
 
-from server.history import History, RunRecord
-from server.watch import LOG_TAIL_BYTES, _signature, render_frame, tail_text, watch
+from server.show.watch import LOG_TAIL_BYTES, _signature, render_frame, tail_text, watch
+from server.store.history import History, RunRecord
 
 TAG = "default"
 

@@ -1,6 +1,6 @@
 """The morning report's figures, gathered from one tag's history alone (no runner, no git): a typed summary.
 
-The rendering (Markdown, HTML, pictures) lives in server/report_render.py; this module only reads and counts.
+The rendering (Markdown, HTML, pictures) lives in server/show/report_render.py; this module only reads and counts.
 Time split: each run's training, start-up and evaluation are the server's own stamps (RunRecord.timing);
 "other" is the rest of the run's start-to-end span (hand-over, export, bookkeeping); "idle" is the part of
 the night, first start to last end, when no run was in flight in any slot.
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from server.history import History, RunRecord, best_run, now
-from server.noise import Floor, floor_of
+from server.lab.noise import Floor, floor_of
+from server.store.history import History, RunRecord, best_run, now
 
 NEAR_MISSES = 5  # discarded ok runs shown, closest to the best first
 REASONS_PER_STATUS = 3  # the most common failure reasons listed per status

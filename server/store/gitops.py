@@ -18,7 +18,7 @@ import git
 from gitdb.base import IStream  # type: ignore[import-untyped,unused-ignore]
 
 from server.errors import RepoError, StorageError
-from server.history import atomic_write
+from server.store.history import atomic_write
 
 # Every git command of the server runs no hook and no fsmonitor (and blobs are read without textconv), so
 # nothing planted in .git (by a person, or by a run with the sandbox off) runs with the server's rights.

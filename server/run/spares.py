@@ -34,8 +34,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from server.config import Config
-from server.isolation import Places
-from server.runner import LocalExecution, Runner, RunSpec
+from server.run.isolation import Places
+from server.run.runner import LocalExecution, Runner, RunSpec
 
 # The launcher: numpy here (its BLAS threads would inherit a low priority), torch and the tracer in a
 # thread at the lowest priority, then the word on stdin, then the script as __main__ (or, when the imports

@@ -1,9 +1,9 @@
 """`autoresearch dashboard`: a live web page of the search, served on 127.0.0.1 only.
 
-The page (server/static/) polls two JSON endpoints and draws the chart itself, with no CDN:
+The page (server/show/static/) polls two JSON endpoints and draws the chart itself, with no CDN:
     GET /api/state?tag=T        every run of the tag, the best, the runs in flight (a list), all tags
     GET /api/runs/<id>?tag=T    one run's diff and the tail of its log
-    GET /report?tag=T           the tag's morning report (server/report.py) as one HTML page, made on request
+    GET /report?tag=T           the tag's morning report (server/show/report.py) as one HTML page, made on request
 Starlette and uvicorn come with the mcp package, so the dashboard adds no dependency.
 """
 
@@ -21,12 +21,12 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server.brief import in_flight
-from server.history import History, RunRecord, best_run
-from server.report import gather
-from server.report_render import render_html
-from server.table import outcome
-from server.watch import tail_text
+from server.show.brief import in_flight
+from server.show.report import gather
+from server.show.report_render import render_html
+from server.show.table import outcome
+from server.show.watch import tail_text
+from server.store.history import History, RunRecord, best_run
 
 HOST = "127.0.0.1"  # the history holds code and logs: never reachable from another machine
 DEFAULT_PORT = 8765

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import git
 
-from server import gitops, pins, spares
 from server.config import CONFIG_NAME, Config
-from server.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
-from server.history import History, RunRecord, SeedRun, atomic_write
-from server.isolation import Places, run_env, run_view, train_tokens
-from server.outcome import Measured, over_budget, timings
-from server.runner import Execution, Outcome, Runner, RunSpec
-from server.summary import MODEL_FILE, as_float
+from server.run import spares
+from server.run.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
+from server.run.isolation import Places, run_env, run_view, train_tokens
+from server.run.outcome import Measured, over_budget, timings
+from server.run.runner import Execution, Outcome, Runner, RunSpec
+from server.run.summary import MODEL_FILE, as_float
+from server.store import gitops, pins
+from server.store.history import History, RunRecord, SeedRun, atomic_write
 
 
 @dataclass

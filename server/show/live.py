@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from server.history import RunRecord
-from server.loop import Lab
+from server.lab.loop import Lab
+from server.store.history import RunRecord
 
 
 def run_with_progress(lab: Lab, description: str, console: Console, repeats: int | None = None) -> RunRecord:

@@ -9,15 +9,16 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from server import caps, table
 from server.config import load_config
-from server.edits import Edit
 from server.errors import InvalidInputError, StateError
-from server.history import PRIVATE, History, RunRecord
-from server.lock import run_in_flight
-from server.loop import ActiveRun, Lab
-from server.noise import Floor
-from server.outcome import read_tail, tail_lines
+from server.lab import caps
+from server.lab.edits import Edit
+from server.lab.loop import ActiveRun, Lab
+from server.lab.noise import Floor
+from server.run.outcome import read_tail, tail_lines
+from server.show import table
+from server.store.history import PRIVATE, History, RunRecord
+from server.store.lock import run_in_flight
 
 LOG_TAIL_LINES = 30
 LOG_TAIL_BYTES = 1000  # a run result stays under 1.5 KB even when the tail is a long traceback

@@ -14,8 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from server import sandbox
 from server.config import CONFIG_NAME, Config
+from server.run import sandbox
 
 # Passed through from the server's environment when set: locale, devices, libraries, threads, and the
 # experiment's own documented variables (docs/CONTRACT.md). Nothing else: no keys, tokens or paths.

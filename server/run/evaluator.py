@@ -13,12 +13,12 @@ from typing import Literal
 
 import git
 
-from server import gitops, pins
 from server.config import Config
 from server.errors import LockedFileError
-from server.isolation import Places, eval_env, eval_view
-from server.runner import Outcome, Runner, RunSpec
-from server.summary import EXPORT_ERROR_FILE, MODEL_FILE
+from server.run.isolation import Places, eval_env, eval_view
+from server.run.runner import Outcome, Runner, RunSpec
+from server.run.summary import EXPORT_ERROR_FILE, MODEL_FILE
+from server.store import gitops, pins
 
 EvalStatus = Literal["ok", "bad_model", "failed"]
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from server.errors import LockedFileError
-from server.history import atomic_write
+from server.store.history import atomic_write
 
 ABSENT = "absent"
 

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from server import caps, gitops, noise, pins, sandbox, supervise
 from server.config import CONFIG_NAME, Config
-from server.edits import Edit, apply_edits, fingerprint, merge3, validate_source
 from server.errors import BusyError, DuplicateError, InvalidInputError, NightOverError, RepoError, StateError
-from server.history import History, RunRecord, atomic_write, best_run, now
-from server.holdout import score_holdout
-from server.isolation import Places
-from server.lock import Held, RepoLock, run_in_flight
-from server.outcome import classify
-from server.pipeline import (
+from server.lab import caps, noise, supervise
+from server.lab.edits import Edit, apply_edits, fingerprint, merge3, validate_source
+from server.run import sandbox
+from server.run.holdout import score_holdout
+from server.run.isolation import Places
+from server.run.outcome import classify
+from server.run.pipeline import (
     Candidate,
     Warm,
     cleanup,
@@ -40,11 +39,14 @@ from server.pipeline import (
     start_warm,
     tampered,
 )
-from server.ray_runner import runner_for
-from server.registry import Slot, Slots
-from server.runner import Execution, LocalExecution, Runner, RunSpec, kill_by_token
-from server.spares import Spares
-from server.spares import usable as spares_usable
+from server.run.ray_runner import runner_for
+from server.run.runner import Execution, LocalExecution, Runner, RunSpec, kill_by_token
+from server.run.spares import Spares
+from server.run.spares import usable as spares_usable
+from server.store import gitops, pins
+from server.store.history import History, RunRecord, atomic_write, best_run, now
+from server.store.lock import Held, RepoLock, run_in_flight
+from server.store.registry import Slot, Slots
 
 log = logging.getLogger("autoresearch")
 UNFINISHED = ("running", "cancelled", "interrupted")  # runs whose code has no result yet
@@ -85,7 +87,7 @@ class Lab:
     """One repository, one run tag."""
 
     def __init__(self, root: Path, config: Config, runner: Runner | None = None, spares: bool = False) -> None:
-        """spares: start each slot's next run process ahead of it (a long-lived server; server/spares.py)."""
+        """spares: start each slot's next run process ahead of it (a long-lived server; server/run/spares.py)."""
         self.config = config
         self.repo = gitops.open_repo(root)
         self.root = Path(self.repo.working_tree_dir or root)

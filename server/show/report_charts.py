@@ -1,4 +1,4 @@
-"""The report's pictures as PNG bytes: the progress chart (server/plot.py), each run's time split, and the
+"""The report's pictures as PNG bytes: the progress chart (server/show/plot.py), each run's time split, and the
 gain of each kept change against the gain the keep gate needed."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from server.plot import KEEP_COLOR, render_png
-from server.report import PHASES, Report
-from server.table import shorten
+from server.show.plot import KEEP_COLOR, render_png
+from server.show.report import PHASES, Report
+from server.show.table import shorten
 
 PHASE_COLORS = {"startup": "#ff7f0e", "training": "#2ca02c", "evaluation": "#1f77b4", "other": "#9e9e9e"}
 NOISE_COLOR = "#d62728"

@@ -17,8 +17,8 @@ from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from server.errors import StorageError
-from server.history import RunRecord
-from server.table import count_words, outcome, shorten
+from server.show.table import count_words, outcome, shorten
+from server.store.history import RunRecord
 
 KEEP_COLOR = "#2ca02c"
 DISCARD_COLOR = "#9e9e9e"

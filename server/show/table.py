@@ -6,8 +6,8 @@ import json
 
 from rich.table import Table
 
-from server.history import RunRecord, best_run, results_tsv
-from server.noise import Floor
+from server.lab.noise import Floor
+from server.store.history import RunRecord, best_run, results_tsv
 
 DESC_WIDTH = 48
 MIN_DESC_WIDTH = 16

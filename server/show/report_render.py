@@ -8,10 +8,10 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.history import RunRecord
-from server.plot import write_shared
-from server.report import Change, Report, gain_of, phase_share
-from server.report_charts import pictures
+from server.show.plot import write_shared
+from server.show.report import Change, Report, gain_of, phase_share
+from server.show.report_charts import pictures
+from server.store.history import RunRecord
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"

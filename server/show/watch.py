@@ -17,10 +17,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from server.history import History, RunRecord, best_run
-from server.registry import read_live
-from server.summary import last_progress
-from server.table import render_table, shorten, title
+from server.run.summary import last_progress
+from server.show.table import render_table, shorten, title
+from server.store.history import History, RunRecord, best_run
+from server.store.registry import read_live
 
 LOG_TAIL_BYTES = 64 * 1024
 RECENT = 10

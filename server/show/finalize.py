@@ -18,10 +18,10 @@ from pathlib import Path
 
 import git
 
-from server import gitops
 from server.errors import InvalidInputError, RepoError, StateError
-from server.history import History, RunRecord, read_events
-from server.report import gain_of, kept_chain
+from server.show.report import gain_of, kept_chain
+from server.store import gitops
+from server.store.history import History, RunRecord, read_events
 
 SQUASHED_SUFFIX = "-squashed"
 MAX_PAIRS_CHANGES = 30  # beyond this many changes independence is not checked (pairs grow as n squared)

@@ -2,7 +2,7 @@
 human's configuration: `runner = "ray"` and `ray_address` in autoresearch.toml (deploy/ray/README.md).
 
 The task asks for the resources a run needs (ray_num_gpus, ray_num_cpus), gets the run's folders as a tar, and
-runs the same LocalExecution there (server/ray_worker.py), so the sandbox, the limits and the server's clock on
+runs the same LocalExecution there (server/run/ray_worker.py), so the sandbox, the limits and the server's clock on
 the marker lines are the worker's copy of this server's code, never the experiment's word. Its output streams
 back into the run's log here as it comes (progress reads it); what it wrote comes back at the end. A worker
 that dies ends the run as a crash with the log so far; a kill cancels the task (force) and sweeps its node.
@@ -25,9 +25,21 @@ from typing import Any
 
 from server.config import CONFIG_NAME, Config
 from server.errors import ConfigError
-from server.ray_worker import Finished, Message, Output, Shipment, Started, dataset, pack, shipped, sweep, unpack, work
-from server.runner import LocalRunner, Outcome, Runner, RunSpec, StopReason, _CappedLog, _Clock, on_kill_all
-from server.summary import Progress, parse_progress
+from server.run.ray_worker import (
+    Finished,
+    Message,
+    Output,
+    Shipment,
+    Started,
+    dataset,
+    pack,
+    shipped,
+    sweep,
+    unpack,
+    work,
+)
+from server.run.runner import LocalRunner, Outcome, Runner, RunSpec, StopReason, _CappedLog, _Clock, on_kill_all
+from server.run.summary import Progress, parse_progress
 
 log = logging.getLogger("autoresearch")
 BACKSTOP_S = 30.0  # past the worker's own wall-clock limit and kill grace, the server cancels the task itself

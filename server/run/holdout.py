@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import git
 
-from server import pins
 from server.config import Config
 from server.errors import AutoresearchError
-from server.evaluator import read_result
-from server.history import History, RunRecord
-from server.isolation import Places
-from server.pipeline import Candidate, cleanup, score
-from server.runner import Runner
-from server.summary import MODEL_FILE
+from server.run.evaluator import read_result
+from server.run.isolation import Places
+from server.run.pipeline import Candidate, cleanup, score
+from server.run.runner import Runner
+from server.run.summary import MODEL_FILE
+from server.store import pins
+from server.store.history import History, RunRecord
 
 
 def score_holdout(

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.config import Config
-from server.evaluator import Evaluation
-from server.history import RunRecord, now
-from server.runner import Outcome
-from server.summary import as_float, parse_summary
+from server.run.evaluator import Evaluation
+from server.run.runner import Outcome
+from server.run.summary import as_float, parse_summary
+from server.store.history import RunRecord, now
 
 TAIL_BYTES = 256_000  # the summary block and the last traceback live at the end of the log
 

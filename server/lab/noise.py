@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from server.history import RunRecord
+from server.store.history import RunRecord
 
 T_TOLERANCE = 1e-10  # bisection stops when the bracket is this narrow
 

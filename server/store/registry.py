@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import BusyError
-from server.lock import Held, RepoLock
+from server.store.lock import Held, RepoLock
 
 TAKE_TRIES = 3  # a reader's momentary shared lock can make a free slot look taken
 READ_TRIES = 20  # a slot's owner rewrites its file in place: a reader may catch it half-written

@@ -3,7 +3,7 @@ that started it.
 
 A client that keeps no server alive between calls (the MCP Inspector's CLI starts one per call, with a fixed
 60 s request timeout) can still run the loop: run_experiment(wait=false) commits and records the candidate,
-takes its slot, and hands both to `python -m server.supervise ROOT RUN_ID`. The slot's lock travels as an
+takes its slot, and hands both to `python -m server.lab.supervise ROOT RUN_ID`. The slot's lock travels as an
 inherited file descriptor, so at no moment is the run without a live owner: the server waits until the
 supervisor has described itself in the slot, then closes its own copy without unlocking. The supervisor runs
 the seeds, the evaluation and the record exactly as the server would (Lab.drive); SIGTERM cancels the run and
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.errors import StateError
-from server.history import RunRecord, atomic_write
+from server.store.history import RunRecord, atomic_write
 
 if TYPE_CHECKING:
-    from server.loop import ActiveRun, Lab
+    from server.lab.loop import ActiveRun, Lab
 
 FD_VAR = "AUTORESEARCH_SLOT_FD"
 ADOPT_WAIT_S = 60.0  # the supervisor's imports and its Lab; seconds on a loaded machine
@@ -50,7 +50,7 @@ def spawn(lab: Lab, active: ActiveRun) -> RunRecord:
     atomic_write(candidate.run_dir / "handoff.json", json.dumps(handoff).encode())
     fd = active.slot.fd
     env = {**os.environ, FD_VAR: str(fd)}
-    argv = [sys.executable, "-m", "server.supervise", str(lab.root), str(candidate.record.id)]
+    argv = [sys.executable, "-m", "server.lab.supervise", str(lab.root), str(candidate.record.id)]
     with (candidate.run_dir / "supervisor.log").open("ab") as log:
         process = subprocess.Popen(argv, cwd=lab.root, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=log, start_new_session=True)  # fmt: skip
@@ -91,11 +91,11 @@ def _cancel(signum: int, _frame: object) -> None:
 
 def adopt(lab: Lab, run_id: int, fd: int) -> ActiveRun:
     """The run the server handed over, rebuilt from its hand-off file, its slot held through fd."""
-    from server.lock import Held
-    from server.loop import ActiveRun
-    from server.pins import load_pins
-    from server.pipeline import Candidate
-    from server.registry import Slot
+    from server.lab.loop import ActiveRun
+    from server.run.pipeline import Candidate
+    from server.store.lock import Held
+    from server.store.pins import load_pins
+    from server.store.registry import Slot
 
     run_dir = lab.history.run_dir(run_id)
     handoff = json.loads((run_dir / "handoff.json").read_text(encoding="utf-8"))
@@ -112,7 +112,7 @@ def adopt(lab: Lab, run_id: int, fd: int) -> ActiveRun:
 
 def main(argv: list[str]) -> int:
     from server.config import load_config
-    from server.loop import Lab
+    from server.lab.loop import Lab
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     root, run_id = Path(argv[0]), int(argv[1])

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from server.config import Config
-from server.history import RunRecord, atomic_write
+from server.store.history import RunRecord, atomic_write
 
 STOP_FILE = "STOP"
 NIGHT_FILE = "night.json"

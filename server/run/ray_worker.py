@@ -1,4 +1,4 @@
-"""What runs on a Ray worker for one process of a run (server/ray_runner.py is the server's side).
+"""What runs on a Ray worker for one process of a run (server/run/ray_runner.py is the server's side).
 
 The run's folders are shipped as a tar and unpacked in a temporary folder; the spec's paths that point into
 the run's folder are moved there, shared caches to a cache folder of the worker; then the same LocalExecution
@@ -23,8 +23,8 @@ from dataclasses import dataclass, replace
 from hashlib import sha1
 from pathlib import Path
 
-from server import sandbox
-from server.runner import LocalExecution, Outcome, RunSpec, kill_by_token
+from server.run import sandbox
+from server.run.runner import LocalExecution, Outcome, RunSpec, kill_by_token
 
 STREAM_WAIT_S = 0.05  # how long the worker waits for more output before it checks whether the run ended
 CACHE_DIR = "autoresearch-ray-cache"  # under the worker's temp folder: compile caches, kept across runs

@@ -1,6 +1,6 @@
 """The state of a search in a few lines: for a resumed or compacted Claude Code session, and the status skill.
 
-`python -m server.brief [--root R] [--tag T]` prints it; the SessionStart hook (scripts/session_hook.py)
+`python -m server.show.brief [--root R] [--tag T]` prints it; the SessionStart hook (scripts/session_hook.py)
 hands it to the agent. Also the one reader of the runs in flight for the dashboard.
 """
 
@@ -15,10 +15,10 @@ from pydantic import BaseModel
 
 from server.config import load_config
 from server.errors import AutoresearchError
-from server.history import History, RunRecord, best_run
-from server.summary import last_progress
-from server.table import counts, fmt_delta, fmt_metric, outcome, shorten
-from server.watch import SlotInfo, clock, read_runs, tail_text
+from server.run.summary import last_progress
+from server.show.table import counts, fmt_delta, fmt_metric, outcome, shorten
+from server.show.watch import SlotInfo, clock, read_runs, tail_text
+from server.store.history import History, RunRecord, best_run
 
 RECENT = 5
 
@@ -114,7 +114,7 @@ def brief(state_dir: Path, tag: str, metric: str = "val_bpb", recent: int = RECE
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.brief", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m server.show.brief", description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
     parser.add_argument("--tag", help="the run tag (default: the configuration's)")
     args = parser.parse_args(argv)

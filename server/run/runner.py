@@ -22,8 +22,8 @@ from typing import Literal, Protocol
 
 import psutil
 
-from server import sandbox
-from server.summary import MARKERS, Progress, parse_progress
+from server.run import sandbox
+from server.run.summary import MARKERS, Progress, parse_progress
 
 RUN_TOKEN_VAR = "AUTORESEARCH_RUN_ID"
 _ACTIVE: dict[int, LocalExecution] = {}  # runs of this process not yet collected, for kill_all_now
@@ -152,7 +152,7 @@ class LocalExecution:
     ) -> None:
         self.spec = spec
         self._on_output = on_output  # also handed every chunk of output (a remote runner streams it)
-        self.spare = False  # started ahead of its run (server/spares.py): its clock starts at begin()
+        self.spare = False  # started ahead of its run (server/run/spares.py): its clock starts at begin()
         self.started = time.monotonic()
         self.wall_started = time.time()
         self._stop: StopReason = "exited"
