@@ -16,7 +16,6 @@ it under whatever python3 the machine has.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -25,8 +24,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-NIGHT_FILE = "night.json"
-STOP_FILE = "STOP"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: server/schema.py, stdlib only
+from server import schema  # noqa: E402
+from server.schema import NIGHT_FILE, STOP_FILE, read_night, write_json  # noqa: E402,F401  (the hooks' names)
+
 DEFAULT_STATE_DIR = ".autoresearch"
 
 
@@ -63,28 +64,11 @@ def configured_tag(root: Path) -> str:
     return os.environ.get("AUTORESEARCH_TAG") or str(config_table(root).get("tag") or "default")
 
 
-def read_night(state: Path) -> dict[str, Any] | None:
-    """The night file's content, None when there is none or it is not a JSON object."""
-    try:
-        data = json.loads((state / NIGHT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def night_over(state: Path, now: float) -> str | None:
-    """Why the night is over, in one sentence; None while it goes on."""
-    night = read_night(state)
-    if night is None:
+    """Why the night is over, in one sentence; None while it goes on (a night file exists, nothing ended it)."""
+    if read_night(state) is None:
         return f"no night is running ({state / NIGHT_FILE} is absent)"
-    if (state / STOP_FILE).exists():
-        return f"the human asked to stop ({state / STOP_FILE} exists)"
-    if night.get("stop"):
-        return str(night["stop"])
-    deadline = night.get("deadline")
-    if isinstance(deadline, int | float) and now >= deadline:
-        return f"the deadline {time.strftime('%Y-%m-%d %H:%M', time.localtime(deadline))} has passed"
-    return None
+    return schema.night_stopped(state, now)
 
 
 def parse_deadline(text: str, now: datetime) -> float:
@@ -102,14 +86,6 @@ def parse_deadline(text: str, now: datetime) -> float:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ValueError(f"cannot read the deadline {text!r}; give 8h, 90m, 07:00 or 2026-11-27T07:00.") from None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write through a sibling and rename, so the Stop hook never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def start(root: Path, tag: str | None, deadline: float | None) -> dict[str, Any]:

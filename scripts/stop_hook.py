@@ -6,15 +6,14 @@ STOP created, its `stop` reason set (a cap reached) or its deadline passed, and 
 ended also gets a message for the human with the command that writes the morning report). When
 Claude Code says the agent was already sent back once (`stop_hook_active`) and no run was recorded since,
 the agent may stop too, so a stuck agent cannot loop on this hook; the overnight launcher starts a fresh
-session. Runs still in flight (the pool's slot files, <state_dir>/slots/<n>.lock, read as server/store/registry.py's
-read_live reads them) are named, so the agent collects them first. Standard library only: it runs under
+session. Runs still in flight (the pool's slot files, read by server/schema.py, which the server writes them with)
+are named, so the agent collects them first. Standard library only: it runs under
 whatever python3 the machine has.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,31 +30,6 @@ def history_size(state: Path, tag: str) -> int:
         return (state / tag / "runs.jsonl").stat().st_size
     except OSError:
         return 0
-
-
-def runs_in_flight(state: Path, tag: str) -> list[int]:
-    """The ids of the tag's runs in flight: slot files describing a run whose owner process still exists."""
-    ids = []
-    for path in sorted((state / "slots").glob("*.lock"), key=lambda p: p.stem.zfill(6)):
-        try:
-            info = json.loads(path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
-            continue
-        if isinstance(info, dict) and info.get("op") == "run" and info.get("tag") == tag and pid_alive(info.get("pid")):
-            ids.append(info.get("run_id"))
-    return [i for i in ids if isinstance(i, int)]
-
-
-def pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False  # 0 and negative ids address process groups
-    try:
-        os.kill(pid, 0)
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def read_event() -> dict[str, Any]:
@@ -99,7 +73,7 @@ def main() -> int:
     if event.get("stop_hook_active") and isinstance(last, dict) and last.get("history_size") == size:
         return 0  # sent back before and nothing ran since: let it stop; the launcher starts a fresh session
     night.write_json(marker, {"history_size": size})
-    flying = runs_in_flight(state, tag)
+    flying = [info.run_id for info in night.schema.runs_in_flight(state, tag) if info.run_id is not None]
     print(json.dumps({"decision": "block", "reason": reason(tag, (current or {}).get("deadline"), flying)}))
     return 0
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,10 +23,12 @@ from pydantic import BaseModel, Field
 
 from server.config import load_config
 from server.errors import AutoresearchError
+from server.lab import supervise
 from server.lab.edits import Edit
-from server.lab.loop import ActiveRun, Lab
+from server.lab.loop import ActiveRun, Lab, RunRequest
 from server.run.runner import kill_all_now
 from server.show import views
+from server.store.history import RunRecord
 from server.text import clean_description, clean_note, what_failed
 
 log = logging.getLogger("autoresearch")
@@ -176,33 +180,62 @@ async def run_experiment(
     log. With wait=false it returns at once (status running). The tag's first run measures the noise floor on
     several seeds. Code identical to an earlier run's is refused with that run's result. Afterwards call keep
     or discard."""
-    lab_state = ctx.request_context.lifespan_context
     pairs = [Edit(e.old, e.new) for e in edits] if edits else None
 
-    def start(lab: Lab, text: str) -> ActiveRun:
-        return lab.start_run(clean_description(text), repeats, None, clean_note(hypothesis),
-                             clean_note(duplicate_reason), pairs, rebase, launch_now=wait)  # fmt: skip
+    def start(lab: Lab) -> ActiveRun:  # bad text is refused inside call: a ToolError, like any refusal
+        request = RunRequest(clean_description(description), repeats, None, clean_note(hypothesis),
+                             clean_note(duplicate_reason), pairs, rebase)  # fmt: skip
+        return lab.start(request, launch_now=wait)
 
-    active = await call(ctx, start, description)
-    lab = lab_state.get()
+    active = await call(ctx, start)
     if not wait:
-        return compact(await call(ctx, lambda lab_: views.run_result(lab_, lab_.detach(active))))
-    try:
-        started = time.monotonic()
-        total = lab.config.hard_timeout * (1 + len(active.seeds_left))
-        while True:
-            execution = active.execution
-            outcome = await anyio.to_thread.run_sync(execution.wait, PROGRESS_EVERY_S) if execution else True
-            if outcome is None:
-                await ctx.report_progress(time.monotonic() - started, total, views.progress_message(active, started))
-            elif not await anyio.to_thread.run_sync(lab.advance, active):
-                break
-    except BaseException:  # cancelled, or the client went away mid-run: never leave the run or its slot behind
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: lab.finish_run(active, cancelled=True))
-        raise
-    record = await call(ctx, lambda lab_: lab_.finish_run(active))
+        return compact(await call(ctx, lambda lab: views.run_result(lab, supervise.spawn(lab, active))))
+    record = await drive(ctx, active)
     return compact(await call(ctx, views.run_result, record))
+
+
+class ClientGone(BaseException):
+    """The request was cancelled (the client went away): the run is killed and recorded cancelled."""
+
+
+async def drive(ctx: Context[AppState], active: ActiveRun) -> RunRecord:
+    """Lab.drive in a worker thread, its progress sent to the client every PROGRESS_EVERY_S. A cancelled
+    request stops the run within a second (the callback raises in the thread), and the run is recorded
+    before the cancellation goes on: no run or slot is left behind."""
+    lab = ctx.request_context.lifespan_context.get()
+    started = time.monotonic()
+    total = lab.config.hard_timeout * (1 + len(active.seeds_left))
+    gone, done = threading.Event(), threading.Event()
+    sent = [started]
+
+    def progress(run: ActiveRun) -> None:
+        if gone.is_set():
+            raise ClientGone
+        if time.monotonic() - sent[0] >= PROGRESS_EVERY_S:
+            sent[0] = time.monotonic()
+            with contextlib.suppress(Exception):  # a progress message is never worth the run
+                anyio.from_thread.run(ctx.report_progress, sent[0] - started, total,
+                                      views.progress_message(run, started))  # fmt: skip
+
+    def drive_here() -> RunRecord:
+        try:
+            return lab.drive(active, progress, every=min(1.0, PROGRESS_EVERY_S))
+        finally:
+            done.set()
+
+    try:
+        return await anyio.to_thread.run_sync(drive_here, abandon_on_cancel=True)
+    except AutoresearchError as exc:  # raised in the thread once the run was recorded
+        raise ToolError(str(exc)) from exc
+    except Exception as exc:
+        log.exception("run %d failed", active.record.id)
+        raise ToolError(f"{what_failed(exc)}; tell the user, who can fix it (the server's log on stderr has the "
+                        "details), then call the tool again.") from exc  # fmt: skip
+    except BaseException:
+        gone.set()  # the thread cancels the run at its next tick and records it; wait for that, shielded
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(done.wait)
+        raise
 
 
 @mcp.tool(annotations=READ_ONLY)

@@ -219,7 +219,7 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     """End the night at the next decision point: no further run starts; the run in flight finishes."""
-    from server.lab.caps import STOP_FILE
+    from server.schema import STOP_FILE
 
     root = root_of(args)
     state = root / load_config(root).state_dir

@@ -3,7 +3,7 @@
 A built-in agent drives the real MCP server over stdio (started as .mcp.json says) with the six tools
 only: a baseline (the server runs it on several seeds: the noise floor), then one hyperparameter change per
 experiment, keep when the gain is beyond the noise, repeat a near miss on more seeds, discard otherwise.
-With --slots N (N > 1) it works in waves of N candidates at once instead (server/wave.py).
+With --slots N (N > 1) it works in waves of N candidates at once instead. The agents are server/agents.py.
 It works in a git worktree on its own run tag, so the user's checkout is never touched.
 """
 
@@ -12,20 +12,18 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 from mcp import Client, StdioServerParameters
 from rich.console import Console
 
+from server.agents import DemoAgent, WaveAgent
 from server.config import load_config
-from server.errors import ConfigError, InvalidInputError, StateError
+from server.errors import ConfigError, InvalidInputError
 from server.lab import noise
 from server.show import table
 from server.show.plot import plot_progress
@@ -33,55 +31,7 @@ from server.store import gitops
 from server.store.history import History, best_run
 from server.store.lock import RepoLock
 
-# A constant whose whole value is one number literal (not `8 if ON_GPU else 4`), then an optional comment.
-CONSTANT_RE = re.compile(
-    r"^(?P<name>[A-Z][A-Z0-9_]*) = (?P<value>-?[0-9][0-9_]*(?:\.[0-9]*)?(?:e[-+]?[0-9]+)?)[ \t]*(?:#.*)?$", re.MULTILINE
-)
-SKIP = {"SEED"}  # changing the seed only measures noise
-FACTOR = 1.5
 MAX_SLOTS = 8  # a CPU machine shares its cores between the slots
-
-
-@dataclass(frozen=True)
-class Idea:
-    """One hyperparameter change: the exact line before and after."""
-
-    name: str
-    old_line: str
-    new_line: str
-
-    @property
-    def description(self) -> str:
-        return f"{self.name} {self.old_line.split('=', 1)[1].split('#')[0].strip()} -> " + \
-            self.new_line.split("=", 1)[1].split("#")[0].strip()  # fmt: skip
-
-
-def ideas(source: str, rng: random.Random, tried: set[str]) -> list[Idea]:
-    """Every untried single-constant change: floats times or divided by FACTOR, integers stepped by one."""
-    found = []
-    for match in CONSTANT_RE.finditer(source):
-        name, value = match["name"], match["value"]
-        line = source[match.start() : source.index("\n", match.start())]
-        for new in _variants(value):
-            idea = Idea(name, line, line.replace(f"{name} = {value}", f"{name} = {new}", 1))
-            if name not in SKIP and idea.description not in tried:
-                found.append(idea)
-    rng.shuffle(found)
-    return found
-
-
-def _variants(literal: str) -> list[str]:
-    if re.fullmatch(r"-?[0-9_]+", literal):
-        number = int(literal.replace("_", ""))
-        return [str(v) for v in (number + 1, number - 1) if v >= 1]
-    value = float(literal)
-    if value <= 0:
-        return []
-    options = [value * FACTOR, value / FACTOR]
-    if value < 1:  # ratios and betas must stay below one
-        options = [v for v in options if v < 1]
-    texts = [f"{v:.4g}" for v in options]
-    return [t if ("." in t or "e" in t) else t + ".0" for t in texts]  # a float stays a float literal
 
 
 def server_params(main_root: Path, worktree: Path, env: dict[str, str]) -> StdioServerParameters:
@@ -91,65 +41,6 @@ def server_params(main_root: Path, worktree: Path, env: dict[str, str]) -> Stdio
     argv = [str(command), *entry["args"]] if command.exists() else [sys.executable, "-m", "server", "serve"]
     full_env = {**os.environ, **entry.get("env", {}), **env, "CLAUDE_PROJECT_DIR": str(worktree)}
     return StdioServerParameters(command=argv[0], args=argv[1:], env=full_env, cwd=str(worktree))
-
-
-class DemoAgent:
-    """Drives the loop through the MCP tools and prints each result as it comes."""
-
-    def __init__(self, client: Client, console: Console, rng: random.Random) -> None:
-        self.client, self.console, self.rng = client, console, rng
-        self.tried: set[str] = set()
-
-    async def call(self, tool: str, **args: Any) -> dict[str, Any]:
-        result = await self.client.call_tool(tool, args, progress_callback=self.on_progress)
-        if result.is_error:
-            message = "".join(getattr(block, "text", "") for block in result.content)
-            raise StateError(f"the server refused {tool}: {message}")
-        return result.structured_content or {}
-
-    async def on_progress(self, progress: float, total: float | None, message: str | None) -> None:
-        self.console.print(f"    [dim]{message}[/dim]", highlight=False)
-
-    async def experiment(self, number: int, description: str) -> None:
-        self.console.print(f"[bold]experiment {number}[/bold]: {description}")
-        result = await self.call("run_experiment", description=description)
-        self.show(result)
-        if result.get("near_miss"):
-            self.console.print("  a near miss: the same code on 2 more seeds")
-            result = await self.call("run_experiment", description=description, repeats=2)
-            self.show(result)
-        decision = "keep" if result["improved"] else "discard"
-        await self.call(decision)
-        self.console.print(f"  -> [{'green' if decision == 'keep' else 'yellow'}]{decision}")
-
-    def show(self, result: dict[str, Any]) -> None:
-        """The metric (mean over seeds), its spread, the change on the best and what the gate made of it."""
-        metric = f"{result['metric']:.6f}" if result["metric"] is not None else result["status"]
-        spread = f" ±{result['std']:.4f} over {result['seeds']} seeds" if result.get("std") is not None else ""
-        delta = f" ({result['delta']:+.6f}" if result["delta"] is not None else ""
-        if delta and result.get("required_gain") is not None:
-            where = "beyond" if result["improved"] else "inside"
-            delta += f", {where} the noise band of {result['required_gain']:.6f}"
-        self.console.print(f"  {metric}{spread}{delta + ')' if delta else ''}", highlight=False)
-
-    async def loop(self, experiments: int) -> None:
-        await self.experiment(1, "baseline")
-        for number in range(2, experiments + 1):
-            source = (await self.call("read_train"))["content"]
-            options = ideas(source, self.rng, self.tried)
-            if not options:
-                self.console.print("no untried ideas left")
-                return
-            idea = options[0]
-            self.tried.add(idea.description)
-            await self.call("write_train", edits=[{"old": idea.old_line, "new": idea.new_line}])
-            try:
-                await self.experiment(number, idea.description)
-            except StateError as exc:
-                if "same code as run" not in str(exc):
-                    raise
-                self.console.print(f"  -> skipped: {str(exc).split(': ', 2)[-1].split(';')[0]}")
-                await self.call("write_train", edits=[{"old": idea.new_line, "new": idea.old_line}])
 
 
 def data_problem(root: Path) -> str | None:
@@ -208,7 +99,6 @@ def run_demo(
 async def _drive(
     params: StdioServerParameters, console: Console, experiments: int, rng: random.Random, slots: int
 ) -> None:
-    from server.wave import WaveAgent  # it builds on DemoAgent
 
     async with Client(params) as client:
         agent = WaveAgent(client, console, rng, slots) if slots > 1 else DemoAgent(client, console, rng)

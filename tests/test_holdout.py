@@ -17,8 +17,10 @@ from pydantic import ValidationError
 
 from server import app
 from server.config import Config, load_config
+from server.lab.gate import holdout_bar
 from server.lab.loop import Lab
 from server.run.holdout import holdout_note, score_holdout
+from server.run.pipeline import strictly_better
 from server.show.plot import render_png
 from server.show.table import fmt_holdout, holdout_caption
 from server.show.views import AgentRun, RunDetail
@@ -81,7 +83,11 @@ def test_the_holdout_is_scored_early_only_for_a_run_the_keep_gate_could_take(tmp
     repo = make_fake_repo(tmp_path / "repo")
     lab = Lab(repo, load_config(repo))
     candidate = RunRecord(id=2, commit="c2", parent="c1", description="an idea")
-    assert lab.may_keep(candidate, 1.0, more_seeds=False)  # no best: the baseline may be kept
+
+    def may_keep(metric: float, more_seeds: bool) -> bool:  # the bar the evaluation is given, as measure uses it
+        return strictly_better(lab.config, metric, holdout_bar(lab.history.runs(), lab.config, more_seeds))
+
+    assert may_keep(1.0, more_seeds=False)  # no best: the baseline may be kept
     seeds = [SeedRun(seed=0, status="ok", metric=1.00), SeedRun(seed=1, status="ok", metric=1.02)]
     baseline = RunRecord(id=1, commit="c1", parent="c0", description="baseline", repeats=seeds)
     lab.history.record(baseline, "start")
@@ -91,10 +97,10 @@ def test_the_holdout_is_scored_early_only_for_a_run_the_keep_gate_could_take(tmp
     assert lab.judge(candidate.model_copy(update={"status": "ok", "metric": 1.0})).required == pytest.approx(
         0.109, abs=1e-3
     )
-    assert not lab.may_keep(candidate, 1.0, more_seeds=False)  # better, inside the noise: keep would refuse it
-    assert lab.may_keep(candidate, 0.89, more_seeds=False)  # beyond the band
-    assert lab.may_keep(candidate, 1.0, more_seeds=True)  # more seeds may carry the mean beyond it
-    assert not lab.may_keep(candidate, 1.05, more_seeds=True)  # worse than the best
+    assert not may_keep(1.0, more_seeds=False)  # better, inside the noise: keep would refuse it
+    assert may_keep(0.89, more_seeds=False)  # beyond the band
+    assert may_keep(1.0, more_seeds=True)  # more seeds may carry the mean beyond it
+    assert not may_keep(1.05, more_seeds=True)  # worse than the best
 
 
 # -- a real tiny model through the MCP tools ------------------------------------------------------------------
@@ -176,7 +182,7 @@ def test_kept_runs_are_scored_on_the_holdout_and_no_tool_result_shows_it(
     # Without that result, keep scores the holdout in an evaluator of its own: the same figure.
     ready.unlink()
     lab = Lab(repo, load_config(repo))
-    cold, _ = score_holdout(lab.repo, lab.runner, lab.config, lab.places, lab.history, runs[0])
+    cold, _ = score_holdout(lab.context, lab.history, runs[0])
     assert cold == pytest.approx(holdout, rel=1e-9)
     assert "holdout" in (run_dir / "eval-holdout.log").read_text()  # its log: a file no view reads
     shown = subprocess.run([sys.executable, "-m", "server", "history"], cwd=repo, capture_output=True, text=True,

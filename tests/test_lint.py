@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 LAYERS = {"store": 0, "run": 1, "lab": 2, "show": 3}  # a layer imports only the layers below it (ARCHITECTURE.md)
-FACES = {"app", "cli", "demo", "wave", "__main__"}  # server/<face>.py: on top, imported by no layer
+FACES = {"app", "cli", "demo", "agents", "__main__"}  # server/<face>.py: on top, imported by no layer
 
 
 def imported_modules(source: str) -> set[str]:
@@ -78,3 +78,73 @@ def test_the_layering_check_finds_an_import_from_above_even_inside_a_function(tm
         "server/run/runner imports the face server.cli",
         "server/store/history imports server.run.runner, from a layer above store/",
     ]
+
+
+def module_of(name: str, package: Path) -> str:
+    """server.lab.caps for `from server.lab import caps`, server.lab for `from server.lab import Lab`-like names
+    that are not modules (a package's attribute), so the graph has files and packages as nodes."""
+    pieces = name.split(".")
+    while len(pieces) > 1:
+        base = package.parent.joinpath(*pieces)
+        if base.with_suffix(".py").exists() or (base / "__init__.py").exists():
+            return ".".join(pieces)
+        pieces = pieces[:-1]
+    return name
+
+
+def import_cycles(package: Path) -> list[list[str]]:
+    """Every import circle among the package's modules, counting imports inside functions too (a lazy import
+    that closes a circle is still one)."""
+    graph: dict[str, set[str]] = {}
+    for file in sorted(package.rglob("*.py")):
+        parts = file.relative_to(package.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        targets = {module_of(target, package) for target in imported_modules(file.read_text(encoding="utf-8"))}
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}  # a package's own init
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    trail: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        trail.append(node)
+        for target in sorted(graph.get(node, ())):
+            if state.get(target) == 1:
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        trail.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_module_imports_another_that_imports_it_back() -> None:
+    assert import_cycles(REPO_ROOT / "server") == []
+
+
+def test_the_circle_check_finds_a_lazy_import_that_closes_a_circle(tmp_path: Path) -> None:
+    (tmp_path / "server" / "lab").mkdir(parents=True)
+    (tmp_path / "server" / "lab" / "loop.py").write_text("from server.lab import supervise\n")
+    (tmp_path / "server" / "lab" / "supervise.py").write_text("def f():\n    from server.lab.loop import Lab\n")
+    assert import_cycles(tmp_path / "server") == [["server.lab.loop", "server.lab.supervise", "server.lab.loop"]]
+
+
+def test_the_schema_the_hooks_import_is_standard_library_only() -> None:
+    """scripts/*.py hooks run under the machine's python3, without the virtualenv: server/schema.py may import
+    nothing else, not even the server."""
+    tree = ast.parse((REPO_ROOT / "server" / "schema.py").read_text(encoding="utf-8"))
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    outside = sorted(n for n in names if n.split(".")[0] not in sys.stdlib_module_names | {"__future__"})
+    assert outside == []
+
+
+def test_no_server_module_is_longer_than_a_reader_holds_at_once() -> None:
+    """About 400 lines a module (issue 24): a module that grows past 450 is carved by concern, not trimmed."""
+    long = {str(p.relative_to(REPO_ROOT)): n for p in sorted((REPO_ROOT / "server").rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 450}  # fmt: skip
+    assert long == {}

@@ -35,6 +35,9 @@ def project(tmp_path: Path) -> Path:
     for name in ("overnight.sh", "night.py"):
         shutil.copy(REPO_ROOT / "scripts" / name, root / "scripts" / name)
     shutil.copy(REPO_ROOT / "experiment" / "prepare.py", root / "experiment" / "prepare.py")
+    (root / "server").mkdir()  # night.py reads the night file through server/schema.py (stdlib only)
+    for name in ("__init__.py", "schema.py"):
+        shutil.copy(REPO_ROOT / "server" / name, root / "server" / name)
     (root / "autoresearch.toml").write_text('[autoresearch]\ntag = "nov25"\n\n[autoresearch.env]\n'
                                             'AUTORESEARCH_DATASET = "tiny"\n')  # fmt: skip
     (root / ".venv").symlink_to(REPO_ROOT / ".venv")

@@ -165,3 +165,19 @@ def test_shakespeare_source(prepare: ModuleType) -> None:
     assert all(name.endswith(".md") for name in meta["inputs"])
     tok = prepare.load_tokenizer("sh")
     assert tok.decode(tok.encode("Now, fair Hippolyta")) == "Now, fair Hippolyta"
+
+
+def test_the_server_reads_the_output_contract_from_the_locked_prepare_py(tmp_path: Path) -> None:
+    """One definition: the markers and file names the server watches for are the ones prepare.py prints."""
+    from server.dataset.locked import prepare as locked
+    from server.run import summary
+
+    assert (summary.MARK_START, summary.MARK_END, summary.MODEL_FILE) == (locked.MARK_START, locked.MARK_END,
+                                                                          locked.MODEL_FILE)  # fmt: skip
+    source = summary.LOCKED_PREPARE.read_text(encoding="utf-8")
+    changed = tmp_path / "prepare.py"
+    changed.write_text(source.replace(f'MARK_START = "{locked.MARK_START}"', 'MARK_START = "the clock starts"'))
+    assert summary.contract_constants(changed)["MARK_START"] == "the clock starts"
+    changed.write_text(source.replace("MODEL_FILE = ", "MODEL_NAME = "))
+    with pytest.raises(RuntimeError, match="does not define MODEL_FILE"):
+        summary.contract_constants(changed)

@@ -18,6 +18,7 @@ from conftest import FAKE_CONFIG, git, make_fake_repo, set_mode
 
 from server.config import load_config
 from server.errors import BusyError, StateError
+from server.lab import supervise
 from server.lab.edits import Edit
 from server.lab.loop import ActiveRun, Lab
 from server.store.history import RunRecord
@@ -190,11 +191,11 @@ def test_a_detached_run_outlives_its_server_and_is_collected(tmp_path: Path) -> 
     """Scenario: Pool / run_experiment(wait=false): a supervisor owns the run, the server that started it can
     go, and a later server collects the scored result"""
     lab = pool(tmp_path, 1)
-    started = lab.detach(lab.start_run("detached", launch_now=False))
+    started = supervise.spawn(lab, lab.start_run("detached", launch_now=False))
     assert started.status == "running"
-    owner = next(info for info in lab.in_flight() if info["run_id"] == started.id)
-    assert owner["pid"] != os.getpid()
-    supervisor = psutil.Process(int(owner["pid"]))
+    owner = next(info for info in lab.in_flight() if info.run_id == started.id)
+    assert owner.pid != os.getpid()
+    supervisor = psutil.Process(int(owner.pid or 0))
     lab.close()  # the server goes; a new one (the Inspector's next call) finds the run still in flight
     later = Lab(tmp_path / "repo", load_config(tmp_path / "repo"))
     assert later.history.get(started.id).status == "running"  # type: ignore[union-attr]
@@ -212,20 +213,20 @@ def test_a_cancelled_supervisor_records_the_run_and_a_killed_one_is_recovered(tm
     the next run, which kills what is left and records it interrupted"""
     lab = pool(tmp_path, 1)
     (lab.root / "train.py").write_text(set_mode("hang"))
-    first = lab.detach(lab.start_run("hangs", launch_now=False))
-    pid = int(lab.in_flight()[0]["pid"])
+    first = supervise.spawn(lab, lab.start_run("hangs", launch_now=False))
+    pid = int(lab.in_flight()[0].pid or 0)
     time.sleep(1.0)
     os.kill(pid, signal.SIGTERM)
     (run,) = lab.wait_for([first.id], 30)
     assert run.status == "cancelled"
     lab.discard(run.id)
     (lab.root / "train.py").write_text(set_mode("hang", 2.0))
-    second = lab.detach(lab.start_run("hangs too", launch_now=False))
+    second = supervise.spawn(lab, lab.start_run("hangs too", launch_now=False))
     info = lab.in_flight()[0]
     time.sleep(1.5)
     hung = [p for p in psutil.process_iter(["environ"]) if (p.info["environ"] or {}).get("AUTORESEARCH_RUN_ID")
-            == info["token"]]  # fmt: skip
-    owner = psutil.Process(int(info["pid"]))
+            == info.token]  # fmt: skip
+    owner = psutil.Process(int(info.pid or 0))
     os.kill(owner.pid, signal.SIGKILL)
     _, alive = psutil.wait_procs([owner], timeout=SUPERVISOR_EXIT_S)  # the kill is asynchronous: the slot is
     assert all(p.status() == psutil.STATUS_ZOMBIE for p in alive), alive  # free once the process is gone

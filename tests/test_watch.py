@@ -14,7 +14,8 @@ from pathlib import Path
 from conftest import dead_pid, write_slot
 from rich.console import Console
 
-from server.show.watch import LOG_TAIL_BYTES, _signature, render_frame, tail_text, watch
+from server.schema import tail_text
+from server.show.watch import LOG_TAIL_BYTES, _signature, render_frame, watch
 from server.store.history import History, RunRecord
 
 TAG = "default"
@@ -112,10 +113,10 @@ def test_frame_without_a_state_folder(tmp_path: Path) -> None:
 def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
     log = tmp_path / "log.txt"
     log.write_text("step 1 | loss 9.0\n" + "noise line\n" * 20_000 + "step 7 | loss 1.5\n")
-    tail = tail_text(log)
+    tail = tail_text(log, LOG_TAIL_BYTES)
     assert len(tail.encode()) <= LOG_TAIL_BYTES and tail.endswith("step 7 | loss 1.5\n")
     assert tail.startswith("noise line\n") and "step 1 " not in tail
-    assert tail_text(tmp_path / "absent.txt") == ""
+    assert tail_text(tmp_path / "absent.txt", LOG_TAIL_BYTES) == ""
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-LOCKED_PREPARE = Path(__file__).resolve().parents[2] / "experiment" / "prepare.py"
+from server.run.summary import LOCKED_PREPARE
 
 
 def load(path: Path = LOCKED_PREPARE) -> ModuleType:

@@ -2,23 +2,22 @@
 refused (before anything changes) once one is reached, with a sentence naming it. Decisions on runs that
 already ended stay allowed, so the night ends at a decision point.
 
-The human's switches are the same files the launcher and the Stop hook read: <state_dir>/STOP, and
-<state_dir>/night.json's `deadline` and `stop` (scripts/night.py); the server writes `stop` when a cap ends
+The human's switches are the same files the launcher and the Stop hook read, defined once in server/schema.py:
+<state_dir>/STOP, and <state_dir>/night.json's `deadline` and `stop`; the server writes `stop` when a cap ends
 the night, so the hooks let the agent stop.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 from pathlib import Path
 
+from server import schema
 from server.config import Config
-from server.store.history import RunRecord, atomic_write
+from server.store.history import RunRecord
 
-STOP_FILE = "STOP"
-NIGHT_FILE = "night.json"
+end_night = schema.end_night  # tell the launcher and the Stop hook that the night is over
 FAILED = {"crash", "timeout", "no_model", "export_failed", "bad_model", "memory_limit", "process_limit"}
 
 
@@ -44,17 +43,6 @@ def usage(config: Config, runs: list[RunRecord]) -> str | None:
     return ", ".join(parts) or None
 
 
-def end_night(state: Path, reason: str) -> None:
-    """Tell the launcher and the Stop hook that the night is over (night.json's `stop`), when one runs."""
-    path = state / NIGHT_FILE
-    try:
-        night = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if isinstance(night, dict) and not night.get("stop"):
-        atomic_write(path, json.dumps({**night, "stop": reason}, indent=1).encode())
-
-
 def _counted(runs: list[RunRecord]) -> list[RunRecord]:
     return [r for r in runs if r.status not in ("running", "cancelled", "interrupted")]
 
@@ -64,20 +52,7 @@ def _hours_used(runs: list[RunRecord]) -> float:
 
 
 def _human(config: Config, runs: list[RunRecord], state: Path, now: float) -> str | None:
-    if (state / STOP_FILE).exists():
-        return f"the human asked to stop ({state / STOP_FILE} exists; `autoresearch stop` made it)"
-    try:
-        night = json.loads((state / NIGHT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(night, dict):
-        return None
-    if night.get("stop"):
-        return str(night["stop"])
-    deadline = night.get("deadline")
-    if isinstance(deadline, int | float) and now >= deadline:
-        return f"the night's deadline ({datetime.fromtimestamp(deadline).isoformat(timespec='minutes')}) has passed"
-    return None
+    return schema.night_stopped(state, now)
 
 
 def _deadline(config: Config, runs: list[RunRecord], state: Path, now: float) -> str | None:

@@ -131,9 +131,16 @@ def judge(run: RunRecord, best: RunRecord | None, floor: RunRecord | None, direc
     reference = seed_metrics(best)
     mean_best, mean_run = statistics.fmean(reference), statistics.fmean(candidate)
     gain = mean_best - mean_run if direction == "minimize" else mean_run - mean_best
-    groups = {r.id: Group.of(seed_metrics(r)) for r in (floor, best, run) if r is not None}
-    band = noise_band(list(groups.values()), len(reference), len(candidate), confidence)
+    band = band_against(best, floor, run, len(candidate), confidence)
     return Judgement(gain, max(min_improvement, band), band, len(reference), len(candidate))
+
+
+def band_against(best: RunRecord, floor: RunRecord | None, run: RunRecord | None, n_candidate: int,
+                 confidence: float) -> float:  # fmt: skip
+    """The noise band a candidate of n_candidate seeds must clear on the best; its own seeds join the pooled
+    variance when it has run (a run of one seed adds nothing, so the band of one is known before it runs)."""
+    groups = {r.id: Group.of(seed_metrics(r)) for r in (floor, best, run) if r is not None}
+    return noise_band(list(groups.values()), len(seed_metrics(best)), n_candidate, confidence)
 
 
 def floor_of(runs: list[RunRecord], best: RunRecord | None, confidence: float) -> Floor | None:

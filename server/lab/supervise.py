@@ -6,8 +6,9 @@ A client that keeps no server alive between calls (the MCP Inspector's CLI start
 takes its slot, and hands both to `python -m server.lab.supervise ROOT RUN_ID`. The slot's lock travels as an
 inherited file descriptor, so at no moment is the run without a live owner: the server waits until the
 supervisor has described itself in the slot, then closes its own copy without unlocking. The supervisor runs
-the seeds, the evaluation and the record exactly as the server would (Lab.drive); SIGTERM cancels the run and
-records it. It lives in a session of its own, so a client stopping the server's process group leaves it be.
+the seeds, the evaluation and the record exactly as the server would (Lab.drive, the one drive loop); SIGTERM
+cancels the run and records it. It lives in a session of its own, so a client stopping the server's process
+group leaves it be.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from server.config import load_config
 from server.errors import StateError
+from server.lab.loop import ActiveRun, Lab
+from server.run.pipeline import Candidate
+from server.schema import SlotInfo, read_slot
 from server.store.history import RunRecord, atomic_write
-
-if TYPE_CHECKING:
-    from server.lab.loop import ActiveRun, Lab
+from server.store.lock import Held
+from server.store.pins import load_pins
+from server.store.registry import Slot
 
 FD_VAR = "AUTORESEARCH_SLOT_FD"
 ADOPT_WAIT_S = 60.0  # the supervisor's imports and its Lab; seconds on a loaded machine
@@ -45,7 +49,7 @@ def spawn(lab: Lab, active: ActiveRun) -> RunRecord:
         "seeds_left": active.seeds_left,
         "base": active.base.model_dump(mode="json") if active.base else None,
         "deadline": active.deadline,
-        "info": active.info,
+        "info": active.info.as_json(),
     }
     atomic_write(candidate.run_dir / "handoff.json", json.dumps(handoff).encode())
     fd = active.slot.fd
@@ -72,11 +76,8 @@ def spawn(lab: Lab, active: ActiveRun) -> RunRecord:
 
 
 def _adopted(active: ActiveRun, pid: int) -> bool:
-    try:
-        info = json.loads(active.slot.held.path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
-        return False
-    return isinstance(info, dict) and info.get("pid") == pid
+    info = read_slot(active.slot.held.path)
+    return info is not None and info.pid == pid
 
 
 class Cancelled(BaseException):
@@ -91,11 +92,6 @@ def _cancel(signum: int, _frame: object) -> None:
 
 def adopt(lab: Lab, run_id: int, fd: int) -> ActiveRun:
     """The run the server handed over, rebuilt from its hand-off file, its slot held through fd."""
-    from server.lab.loop import ActiveRun
-    from server.run.pipeline import Candidate
-    from server.store.lock import Held
-    from server.store.pins import load_pins
-    from server.store.registry import Slot
 
     run_dir = lab.history.run_dir(run_id)
     handoff = json.loads((run_dir / "handoff.json").read_text(encoding="utf-8"))
@@ -105,15 +101,12 @@ def adopt(lab: Lab, run_id: int, fd: int) -> ActiveRun:
                           slot.index, slot.device)  # fmt: skip
     base = RunRecord.model_validate(handoff["base"]) if handoff["base"] else None
     active = ActiveRun(candidate, None, slot, float(handoff["deadline"]), None, list(handoff["seeds_left"]), base,
-                       info=dict(handoff["info"]))  # fmt: skip
+                       info=SlotInfo.from_json(handoff["info"]))  # fmt: skip
     slot.describe(active.info)  # the slot now names this process: the server may let go
     return active
 
 
 def main(argv: list[str]) -> int:
-    from server.config import load_config
-    from server.lab.loop import Lab
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s supervisor %(levelname)s %(message)s")
     root, run_id = Path(argv[0]), int(argv[1])
     fd = int(os.environ.pop(FD_VAR))

@@ -7,23 +7,17 @@ every tool result, and the evaluator's log goes to runs/<id>/eval-holdout.log, w
 
 from __future__ import annotations
 
-import git
-
-from server.config import Config
 from server.errors import AutoresearchError
 from server.run.evaluator import read_result
-from server.run.isolation import Places
-from server.run.pipeline import Candidate, cleanup, score
-from server.run.runner import Runner
+from server.run.pipeline import Candidate, RunContext, cleanup, score
 from server.run.summary import MODEL_FILE
 from server.store import pins
 from server.store.history import History, RunRecord
 
 
-def score_holdout(
-    repo: git.Repo, runner: Runner, config: Config, places: Places, history: History, run: RunRecord
-) -> tuple[float | None, str | None]:
+def score_holdout(ctx: RunContext, history: History, run: RunRecord) -> tuple[float | None, str | None]:
     """The run's model (its first seed's) on the holdout split, and a note when it disagrees with validation."""
+    config, places = ctx.config, ctx.places
     run_dir = history.run_dir(run.id)
     model = run_dir / "out" / MODEL_FILE
     if not (config.evaluated and config.holdout and model.is_file()):
@@ -36,7 +30,7 @@ def score_holdout(
     if evaluation is None or evaluation.status != "ok":
         candidate = Candidate(run, run_dir, pins.load_pins(history.folder / "pins.json"))
         try:
-            evaluation = score(repo, runner, config, places, candidate, model, split="holdout")
+            evaluation = score(ctx, candidate, model, split="holdout")
         except AutoresearchError as exc:
             return None, f"the holdout could not be scored: {exc}"
         finally:

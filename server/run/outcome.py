@@ -10,21 +10,15 @@ from server.config import Config
 from server.run.evaluator import Evaluation
 from server.run.runner import Outcome
 from server.run.summary import as_float, parse_summary
+from server.schema import tail_text
 from server.store.history import RunRecord, now
 
 TAIL_BYTES = 256_000  # the summary block and the last traceback live at the end of the log
 
 
-def read_tail(path: object, max_bytes: int = TAIL_BYTES) -> str:
-    """The last max_bytes of a log as text ('' when missing)."""
-    try:
-        with open(str(path), "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+def read_tail(path: Path, max_bytes: int = TAIL_BYTES) -> str:
+    """The last max_bytes of a log as text, from a whole line ('' when missing)."""
+    return tail_text(path, max_bytes)
 
 
 def tail_lines(text: str, count: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""One run, as stages a reader can name, each a unit with its collaborators passed in:
+"""One run, as stages a reader can name, each a unit with its collaborators passed in as one RunContext:
 
     candidate   commit the file in a private index, pin-check and export the snapshot     (git, pins)
     repeat      the same commit again with the next seed, in fresh folders                (git)
@@ -10,7 +10,8 @@
     combine     the seeds' results as one record: mean, sample std, each seed's metric   (history)
     record      the history event, results.tsv, the run's diff                            (history)
 
-The loop (loop.py) decides which candidate and whether to keep it; it never measures.
+The lab (server/lab/) decides which candidate and whether to keep it; it never measures, and nothing here asks
+it anything: what measuring needs from a decision (whether to score the holdout at once) comes in as a number.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import shutil
 import statistics
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,6 +36,16 @@ from server.run.runner import Execution, Outcome, Runner, RunSpec
 from server.run.summary import MODEL_FILE, as_float
 from server.store import gitops, pins
 from server.store.history import History, RunRecord, SeedRun, atomic_write
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage works with: the repository, the runner, the configuration and the run's places."""
+
+    repo: git.Repo
+    runner: Runner
+    config: Config
+    places: Places
 
 
 @dataclass
@@ -68,27 +78,29 @@ class Candidate:
 
 
 def make_candidate(
-    repo: git.Repo, config: Config, history: History, record: RunRecord, data: bytes, pinned: dict[str, str]
+    ctx: RunContext, history: History, record: RunRecord, data: bytes, pinned: dict[str, str]
 ) -> Candidate:
     """Commit data as the editable file on top of record.parent, keep the commit under its run ref, and
     export it as a fresh snapshot whose locked files are checked against their pins."""
+    repo, config = ctx.repo, ctx.config
     message = f"autoresearch {config.tag} run {record.id}: {record.description}"
     commit = gitops.commit_file(repo, record.parent, config.editable, data, message)
     gitops.update_ref(repo, gitops.run_ref(config.tag, record.id), commit)
     candidate = Candidate(record.model_copy(update={"commit": commit}), history.run_dir(record.id), pinned)
-    _fresh_folders(repo, config, candidate)
+    _fresh_folders(ctx, candidate)
     return candidate
 
 
-def repeat(repo: git.Repo, config: Config, candidate: Candidate, index: int, seed: int) -> Candidate:
+def repeat(ctx: RunContext, candidate: Candidate, index: int, seed: int) -> Candidate:
     """The same commit again with another seed: a fresh snapshot (nothing a seed wrote carries over)."""
     record = candidate.record.model_copy(update={"seed": seed})
     again = dataclasses.replace(candidate, record=record, repeat=index)
-    _fresh_folders(repo, config, again)
+    _fresh_folders(ctx, again)
     return again
 
 
-def _fresh_folders(repo: git.Repo, config: Config, candidate: Candidate) -> None:
+def _fresh_folders(ctx: RunContext, candidate: Candidate) -> None:
+    repo, config = ctx.repo, ctx.config
     for folder in (candidate.snapshot, candidate.output, candidate.scratch):
         shutil.rmtree(folder, ignore_errors=True)
     gitops.export_tree(repo, candidate.record.commit, candidate.snapshot)
@@ -121,10 +133,9 @@ def run_spec(
                    config.max_log_bytes, view, config.memory_limit_mb, config.max_processes)  # fmt: skip
 
 
-def launch(
-    runner: Runner, config: Config, places: Places, candidate: Candidate, spare: spares.Spare | None = None
-) -> Execution:
+def launch(ctx: RunContext, candidate: Candidate, spare: spares.Spare | None = None) -> Execution:
     """Start the run: in the slot's spare when one fits (its token is the candidate's already), else cold."""
+    config, places = ctx.config, ctx.places
     seed = candidate.record.seed if candidate.record.seed is not None else config.seed
     mine = (candidate.snapshot, candidate.output, candidate.scratch, candidate.log)
     spec = run_spec(config, places, mine, seed, candidate.token, candidate.device)
@@ -133,7 +144,7 @@ def launch(
         if spares.fits(spare, expected, candidate.snapshot, [*config.locked, CONFIG_NAME]):
             return spares.become(spare, spec, mine)
         spares.dismiss(spare)
-    return runner.start(spec)
+    return ctx.runner.start(spec)
 
 
 def collect(execution: Execution, cancelled: bool = False) -> Outcome:
@@ -208,10 +219,11 @@ class Warm:
         return evaluation
 
 
-def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, candidate: Candidate) -> Warm | None:
+def start_warm(ctx: RunContext, candidate: Candidate) -> Warm | None:
     """The run's evaluator, started at once where the runner shares this machine's files. Not niced: a
     niced process on a busy machine waits behind everything else (its imports run beside the first seconds
     of the run's training). The first seed's may score the holdout after validation (see measure)."""
+    repo, runner, config, places = ctx.repo, ctx.runner, ctx.config, ctx.places
     if not config.evaluated or not getattr(runner, "warm", False):
         return None
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
@@ -226,19 +238,18 @@ def start_warm(repo: git.Repo, runner: Runner, config: Config, places: Places, c
 
 
 def measure(
-    repo: git.Repo,
-    runner: Runner,
-    config: Config,
-    places: Places,
+    ctx: RunContext,
     candidate: Candidate,
     outcome: Outcome,
     changed: list[str],
     warm: Warm | None = None,
-    keepable: Callable[[float], bool] | None = None,
+    holdout_bar: float | None = None,
 ) -> Measured:
     """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time.
-    When `keepable` says the metric may be kept, the warm evaluator scores the holdout at once (the model is
-    loaded and checked already), so that keep need not start an evaluator of its own."""
+    When the metric is strictly better than `holdout_bar` (the decider's bar for a keep; None: never), the warm
+    evaluator scores the holdout at once (the model is loaded and checked already), so that keep need not start
+    an evaluator of its own."""
+    config, places = ctx.config, ctx.places
     if candidate.repeat == 0:  # only this evaluation's holdout may be found there at keep
         shutil.rmtree(candidate.run_dir / "eval-holdout", ignore_errors=True)
     model, export_error = handed_over(candidate.output)
@@ -251,22 +262,19 @@ def measure(
     warmed = warm.release(go=True) if warm is not None else None
     holdout = None
     if warm is not None and warmed is not None and warmed.status == "ok" and warmed.metric is not None:
-        holdout = warm.holdout(go=keepable is not None and keepable(warmed.metric))
+        holdout = warm.holdout(go=holdout_bar is not None and strictly_better(config, warmed.metric, holdout_bar))
     if warmed is None or warmed.status == "failed":  # cold, also when a custom evaluator cannot start warm
-        warmed = score(repo, runner, config, places, candidate, model)
+        warmed = score(ctx, candidate, model)
     return replace(measured, evaluation=warmed, holdout=holdout)
 
 
-def score(
-    repo: git.Repo,
-    runner: Runner,
-    config: Config,
-    places: Places,
-    candidate: Candidate,
-    model: Path,
-    split: str = "val",
-) -> Evaluation:
+def strictly_better(config: Config, metric: float, bar: float) -> bool:
+    return metric < bar if config.direction == "minimize" else metric > bar
+
+
+def score(ctx: RunContext, candidate: Candidate, model: Path, split: str = "val") -> Evaluation:
     """Run the locked evaluator, from the pinned locked files of the run's commit, on the model."""
+    repo, runner, config, places = ctx.repo, ctx.runner, ctx.config, ctx.places
     stage_locked(repo, candidate.record.commit, config, candidate.pinned, candidate.run_dir / "eval")
     spec, result = eval_spec(config, places, candidate.run_dir, model, candidate.token, split)
     return evaluate(runner, replace(spec, env=slot_env(config, candidate.device, spec.env)), result)
@@ -312,8 +320,9 @@ def _seed_run(run: RunRecord) -> SeedRun:
                    steps=as_float(run.summary, "num_steps"))  # fmt: skip
 
 
-def record_end(repo: git.Repo, config: Config, history: History, record: RunRecord) -> None:
+def record_end(ctx: RunContext, history: History, record: RunRecord) -> None:
     """The run's diff against its parent, then the history's end event (results.tsv follows)."""
+    repo, config = ctx.repo, ctx.config
     old = gitops.blob(repo, record.parent, config.editable) or b""
     new = gitops.blob(repo, record.commit, config.editable) or b""
     diff = gitops.unified_diff(old.decode("utf-8", "replace"), new.decode("utf-8", "replace"), config.editable)

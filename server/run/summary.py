@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
+
+LOCKED_PREPARE = Path(__file__).resolve().parents[2] / "experiment" / "prepare.py"  # the server's checkout's
+CONTRACT_NAMES = ("MARK_START", "MARK_END", "MARK_SAVED", "MODEL_FILE", "EXPORT_ERROR_FILE")
+
+
+def contract_constants(path: Path = LOCKED_PREPARE) -> dict[str, str]:
+    """The output contract's names as the locked prepare.py defines them (its one definition), read from its
+    source without running it: it imports torch, which the server never loads."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError) as exc:
+        raise RuntimeError(f"the server reads the output contract from {path}, which it cannot read: {exc}") from exc
+    found: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name in CONTRACT_NAMES and isinstance(value := ast.literal_eval(node.value), str):
+                found[name] = value
+    missing = [name for name in CONTRACT_NAMES if name not in found]
+    if missing:
+        raise RuntimeError(f"{path} does not define {', '.join(missing)} as a string: restore the locked file")
+    return found
+
 
 # Marker lines a run prints through the locked prepare.py (training_starts, save_model); the server stamps
 # them with its own clock as they arrive. A printed copy is worth no more: the first start and the last end
 # count, and the time outside them is bounded by the start-up and hand-over allowances.
-MARK_START = "autoresearch: timed training starts"
-MARK_END = "autoresearch: timed training ends"
-MARK_SAVED = "autoresearch: model saved"
+_CONTRACT = contract_constants()
+MARK_START = _CONTRACT["MARK_START"]
+MARK_END = _CONTRACT["MARK_END"]
+MARK_SAVED = _CONTRACT["MARK_SAVED"]
 MARKERS = {MARK_START: "start", MARK_END: "end", MARK_SAVED: "saved"}
-MODEL_FILE = "model.pt2"  # what save_model writes in the run's output folder
-EXPORT_ERROR_FILE = "export_error.txt"  # ... or, when the export failed, why
+MODEL_FILE = _CONTRACT["MODEL_FILE"]  # what save_model writes in the run's output folder
+EXPORT_ERROR_FILE = _CONTRACT["EXPORT_ERROR_FILE"]  # ... or, when the export failed, why
 
 PROGRESS_RE = re.compile(
     r"^step\s+(?P<step>\d+)\b.*?\bloss\s+(?P<loss>[-+0-9.eEnaif]+)"

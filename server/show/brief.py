@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from server.config import load_config
 from server.errors import AutoresearchError
 from server.run.summary import last_progress
+from server.schema import SlotInfo, runs_in_flight, tail_text
 from server.show.table import counts, fmt_delta, fmt_metric, outcome, shorten
-from server.show.watch import SlotInfo, clock, read_runs, tail_text
+from server.show.watch import LOG_TAIL_BYTES, clock
 from server.store.history import History, RunRecord, best_run
 
 RECENT = 5
@@ -43,11 +44,11 @@ class InFlight(BaseModel):
 def in_flight(state_dir: Path, now: float | None = None) -> list[InFlight]:
     """The runs in flight, in slot order; [] when nothing runs (no slot described, or only dead owners)."""
     now = time.time() if now is None else now
-    return [_in_flight(run, now) for run in read_runs(state_dir)]
+    return [_in_flight(run, now) for run in runs_in_flight(state_dir)]
 
 
 def _in_flight(run: SlotInfo, now: float) -> InFlight:
-    text = tail_text(Path(run.log)) if run.log else ""
+    text = tail_text(run.log, LOG_TAIL_BYTES) if run.log else ""
     progress = last_progress(text)
     last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
     return InFlight(

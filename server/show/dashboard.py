@@ -21,11 +21,11 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from server.schema import tail_text
 from server.show.brief import in_flight
 from server.show.report import gather
 from server.show.report_render import render_html
 from server.show.table import outcome
-from server.show.watch import tail_text
 from server.store.history import History, RunRecord, best_run
 
 HOST = "127.0.0.1"  # the history holds code and logs: never reachable from another machine

@@ -18,7 +18,6 @@ from server.lab.noise import Floor
 from server.run.outcome import read_tail, tail_lines
 from server.show import table
 from server.store.history import PRIVATE, History, RunRecord
-from server.store.lock import run_in_flight
 
 LOG_TAIL_LINES = 30
 LOG_TAIL_BYTES = 1000  # a run result stays under 1.5 KB even when the tail is a long traceback
@@ -255,7 +254,7 @@ def run_detail(lab: Lab, run: RunRecord) -> RunDetail:
 
 def running_now(lab: Lab) -> str | None:
     """One clause per run in flight: "run 3 ('idea') is running in process 123 (slot 1), at most 4 min left"."""
-    flying = [run_in_flight(info) for info in lab.in_flight()]
+    flying = [info.describe() for info in lab.in_flight()]
     return "; ".join(f for f in flying if f) or None
 
 

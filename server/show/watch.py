@@ -3,7 +3,6 @@ latest runs."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -11,63 +10,20 @@ from contextlib import closing
 from pathlib import Path
 
 import watchfiles
-from pydantic import BaseModel, ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
 from server.run.summary import last_progress
+from server.schema import SlotInfo, runs_in_flight, tail_text
 from server.show.table import render_table, shorten, title
 from server.store.history import History, RunRecord, best_run
-from server.store.registry import read_live
 
 LOG_TAIL_BYTES = 64 * 1024
 RECENT = 10
 TICK_S = 1.0  # how often the view wakes without a file event: elapsed time must move while a run is active
 DEBOUNCE_MS = 300
-
-
-class SlotInfo(BaseModel):
-    """What a slot's file says about its run; every field optional, so a file of another version still reads."""
-
-    pid: int | None = None
-    op: str | None = None
-    tag: str | None = None
-    run_id: int | None = None
-    description: str = ""
-    started_at: float | None = None
-    deadline: float | None = None
-    budget: float | None = None
-    log: str | None = None
-    slot: int | None = None
-    device: str | None = None
-    seed: int | None = None
-
-
-def read_runs(state_dir: Path) -> list[SlotInfo]:
-    """The runs in flight, in slot order, as their slot files describe them (registry.read_live: owners alive)."""
-    runs = []
-    for info in read_live(state_dir):
-        try:
-            runs.append(SlotInfo.model_validate(info))
-        except ValidationError:
-            continue  # a field of the wrong type: not a slot this version wrote
-    return runs
-
-
-def tail_text(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    """The last `limit` bytes of a file as text, starting at a whole line; '' when it cannot be read."""
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, size - limit))
-            data = fh.read(limit)
-    except OSError:
-        return ""
-    if size > limit:
-        data = data[data.find(b"\n") + 1 :]  # the first line was cut in the middle
-    return data.decode("utf-8", errors="replace")
 
 
 def clock(seconds: float) -> str:
@@ -79,7 +35,7 @@ def clock(seconds: float) -> str:
 
 def _log_lines(run: SlotInfo) -> list[str]:
     """What the log says: the latest progress line, else its last line."""
-    text = tail_text(Path(run.log)) if run.log else ""
+    text = tail_text(run.log, LOG_TAIL_BYTES) if run.log else ""
     progress = last_progress(text)
     if progress is not None:
         return [progress.describe()]
@@ -118,7 +74,7 @@ def running_panel(run: SlotInfo, tag: str, now: float) -> Panel:
 
 def status_line(state_dir: Path, tag: str, now: float) -> RenderableType:
     """A panel per experiment in flight, or a line saying the loop is idle."""
-    runs = read_runs(state_dir)
+    runs = runs_in_flight(state_dir)
     if not runs:
         return Text("idle: no experiment running", style="dim")
     return Group(*(running_panel(run, tag, now) for run in runs))
@@ -173,7 +129,7 @@ class _Viewer:
     def draw(self, changed: bool) -> None:
         """Redraw on the first call, when a slot or the history changed, or while a run is active."""
         signature = _signature(self.state_dir, self.tag)
-        active = bool(read_runs(self.state_dir))
+        active = bool(runs_in_flight(self.state_dir))
         # a live display redraws on every tick of an active run; a plain stream only on real changes
         if self.frames and signature == self.signature and not (active and (changed or self.ticks)):
             return

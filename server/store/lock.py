@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import BusyError, StorageError
+from server.schema import SlotInfo
 
 
 class RepoLock:
@@ -98,19 +99,9 @@ class Held:
         self.fd = -1
 
 
-def run_in_flight(info: dict[str, Any]) -> str | None:
-    """ "run 3 ('idea') is running in process 123, at most 4 min 10 s left" when the holder is a run."""
-    if info.get("op") != "run":
-        return None
-    left = max(0, int(float(info.get("deadline", 0)) - time.time()))
-    slot = f" (slot {info['slot']})" if "slot" in info else ""
-    return (f"run {info.get('run_id')} ({info.get('description', '')!r}) is running in process {info.get('pid')}"
-            f"{slot}, at most {left // 60} min {left % 60} s left")  # fmt: skip
-
-
 def busy_message(info: dict[str, Any]) -> str:
     """One sentence naming the holder and, for a run, its time left."""
-    if running := run_in_flight(info):
+    if running := SlotInfo.from_json(info).describe():
         return f"busy: {running}; wait, then call get_history."
     if info.get("op"):
         return f"busy: process {info.get('pid')} is doing {info['op']}; retry in a moment."
