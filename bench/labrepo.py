@@ -242,7 +242,7 @@ def real_repo(path: Path, data_env: dict[str, str], budget: float, tiny: bool, e
     env = {**env, **data_env, **({"AUTORESEARCH_DEVICE": device} if device else {})}
     env.update({"AUTORESEARCH_MODEL_SIZE": "tiny"} if tiny else {})
     command = '["{python}", "experiment/train.py"]'
-    locked = ["experiment/prepare.py", "experiment/evaluate.py"]
+    locked = ["experiment/prepare.py", "experiment/evaluate.py", "experiment/causal.py"]
     (path / "autoresearch.toml").write_text(_config("experiment/train.py", locked, command,
                                                     budget, eval_tokens, env, (f'sandbox = "{sandbox}"',),
                                                     noise_seeds))  # fmt: skip

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # prepare.py sits next to this file
+import causal  # noqa: E402
 import prepare  # noqa: E402
 
 EVAL_TOKENS = 40 * 524288  # validation tokens scored (capped at the split); the server's config sets its own
@@ -217,6 +218,11 @@ def _walk(node: Any) -> Iterator[tuple[str, Any]]:
 def load_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], int | None]:
     """The handed-over model as a function of idx, after the archive and graph checks, and the batch it was
     exported for (None when its batch is dynamic: it takes any)."""
+    return as_module(load_program(path))
+
+
+def load_program(path: Path) -> Any:
+    """The handed-over exported program, after the archive and graph checks."""
     with _type_hints_cached():
         program = torch.export.load(read_archive(path))
     signature = program.graph_signature
@@ -224,18 +230,33 @@ def load_model(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], int 
         raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
     if len(signature.user_inputs) != 1:
         raise BadModel(f"the model takes {len(signature.user_inputs)} inputs; it must take idx only")
-    batch = _fixed_batch(program, signature.user_inputs[0])
     for node in program.graph.nodes:
         if node.op == "call_function" and any(bad in str(node.target) for bad in FORBIDDEN_OPS):
             raise BadModel(f"the model calls {node.target}, which the evaluator does not run")
     if _writes_to_state(program.graph):
         raise BadModel("the model changes its own buffers when called; evaluation must not change the model")
+    return program
+
+
+def as_module(program: Any) -> tuple[Callable[[torch.Tensor], torch.Tensor], int | None]:
+    """The program as a function of idx, and the batch it was exported for (None: dynamic, it takes any)."""
+    batch = _fixed_batch(program, program.graph_signature.user_inputs[0])
     module = program.module()
     for node in list(module.graph.nodes):  # dtype asserts recorded at export would refuse autocast's bf16
         if node.op == "call_function" and node.target is torch.ops.aten._assert_tensor_metadata.default:
             module.graph.erase_node(node)
     module.recompile()
     return module, batch
+
+
+def prove_causal(program: Any) -> None:
+    """The structural check (causal.py): every operation that mixes positions is causal by its kind. It runs
+    after the probes (which name a peek they catch by how far the logits moved) and catches what they cannot:
+    a peek at one position in thousands, after one particular token, in some rows only."""
+    try:
+        causal.check(program)
+    except causal.NotCausal as exc:
+        raise BadModel(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -444,11 +465,13 @@ def evaluate_main(
     laps = [time.time()]  # the go, then the end of each stage: load, contract check, scoring
     model = None
     try:
-        model, fixed = load_model(model_path)
+        program = load_program(model_path)
+        model, fixed = as_module(program)
         batch_size = fixed or batch_size
         laps.append(time.time())
         with eval_autocast(device):  # the model as it is scored: a model must not be causal in one precision only
             check_contract(model, rows, int(meta["vocab_size"]), device, batch_size)
+        prove_causal(program)
         laps.append(time.time())
         bpb = score(model, batch_size, rows, device, fixed is not None)
         laps.append(time.time())

@@ -31,6 +31,7 @@ import torch
 # train in a minute, while still being a meaningful context for a GPU-sized model.
 MAX_SEQ_LEN = 512  # tokens
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET", "300"))  # seconds of steady-state training
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))  # the server's seed for this run: train.py seeds with it only
 EVAL_BATCH_SIZE = 2  # rows per evaluation batch on a CPU (fastest there: the logits stay in cache), unless set
 EVAL_BATCH_SIZE_GPU = 32  # rows per evaluation batch on a GPU
 VOCAB_SIZE = 8192  # tokens, special tokens included

@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # prepare.py sits next to this file
 from prepare import (  # noqa: E402
     MAX_SEQ_LEN,
+    SEED,
     TIME_BUDGET,
     get_device,
     load_tokenizer,
@@ -66,7 +67,6 @@ FINAL_LR_FRAC = 0.0  # LR multiplier at the end of the budget
 LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): keeps early training stable
 LOSS_CHUNK = 8192 if ON_GPU else 256  # tokens per slice of head + loss; 256 x 8192 logits fit a CPU's cache
 ROPE_BASE = 10000.0  # rotary embedding base frequency
-SEED = int(os.environ.get("AUTORESEARCH_SEED", "42"))  # seeds everything random; the server sets and records it
 COMPILE = ON_GPU  # torch.compile: pays off on CUDA; on the 2-core CPU the first step took 38 s to compile and
 # later steps were no faster than eager (measured with a 20 s budget), so it is off off-GPU.
 BF16 = ON_GPU or cpu_has_bf16()  # matmuls in bfloat16 under autocast; on this 2-core CPU (AMX) steps took 0.77x

@@ -29,6 +29,7 @@ AREAS = [  # the issue's order; a scenario in another area is an error, so typos
     "Measurement",
     "Pool",
     "Clients",
+    "Noise",
 ]
 SCENARIO = re.compile(r"^Scenario:\s*(?P<area>[^/]+?)\s*/\s*(?P<text>.+)$", re.S)
 

@@ -23,7 +23,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import night  # noqa: E402  (a sibling script, not a package)
 
-DEFAULT_LOCKED = ["experiment/prepare.py", "experiment/evaluate.py"]  # server.config.Config's default
+DEFAULT_LOCKED = [
+    "experiment/prepare.py",
+    "experiment/evaluate.py",
+    "experiment/causal.py",
+]  # server.config.Config's default
 STEERING = ["autoresearch.toml", "program.md", "CLAUDE.md", ".mcp.json", ".claude/**"]
 FILE_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path", "NotebookEdit": "notebook_path"}
 # programs that only read the files they are given (sed and git only in their read-only forms, see below)

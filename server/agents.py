@@ -104,9 +104,9 @@ class DemoAgent:
         metric = f"{result['metric']:.6f}" if result["metric"] is not None else result["status"]
         spread = f" ±{result['std']:.4f} over {result['seeds']} seeds" if result.get("std") is not None else ""
         delta = f" ({result['delta']:+.6f}" if result["delta"] is not None else ""
-        if delta and result.get("required_gain") is not None:
-            where = "beyond" if result["improved"] else "inside"
-            delta += f", {where} the noise band of {result['required_gain']:.6f}"
+        if delta and result.get("verdict"):
+            delta += f": {result['verdict']}" + (f", band {result['required_gain']:.6f}"
+                                                 if result.get("required_gain") is not None else "")  # fmt: skip
         self.console.print(f"  {metric}{spread}{delta + ')' if delta else ''}", highlight=False)
 
     async def loop(self, experiments: int) -> None:

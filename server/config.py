@@ -40,7 +40,9 @@ class Config(BaseModel):
 
     tag: str = Field("default", description="run tag; the run branch is autoresearch/<tag>")
     editable: str = Field("experiment/train.py", description="the one file the agent may change")
-    locked: list[str] = Field(default_factory=lambda: ["experiment/prepare.py", "experiment/evaluate.py"])
+    locked: list[str] = Field(
+        default_factory=lambda: ["experiment/prepare.py", "experiment/evaluate.py", "experiment/causal.py"]
+    )
     steering: list[str] = Field(
         default_factory=lambda: list(STEERING_FILES), description="files that steer the agent, pinned too"
     )
@@ -82,6 +84,10 @@ class Config(BaseModel):
     )
     holdout: bool = Field(True, description="score every kept run on the dataset's holdout split (never shown to "
                           "the agent)")  # fmt: skip
+    holdout_gate: bool = Field(True, description="keep refuses a run whose validation gain does not hold on the "
+                               "holdout (Thresholdout: server/lab/reuse.py); needs holdout")  # fmt: skip
+    holdout_budget: int = Field(20, ge=0, description="holdout disagreements a dataset answers before it should be "
+                                "split anew; then validation alone decides")  # fmt: skip
     eval_tokens: int = Field(40 * 524288, gt=0)
     eval_batch_size: int = Field(0, ge=0, description="rows per evaluation batch; 0: 2 on a CPU, 32 on a GPU")
     seed: int = Field(42, description="the seed every run gets (AUTORESEARCH_SEED)")
@@ -89,6 +95,13 @@ class Config(BaseModel):
     network: bool = Field(False, description="let runs reach the network")
     spares: bool = Field(
         True, description="start each slot's next run process ahead, imports done (server/run/spares.py)"
+    )
+    starved_share: float = Field(
+        0.3,
+        gt=0,
+        le=1,
+        description="a run whose threads waited this much more of their runnable time for a CPU than the tag "
+        "baseline's did (other processes held the cores) is flagged starved: its result is not evidence",
     )
     memory_limit_gb: float = Field(0.0, ge=0, description="0 = 90% of this machine's memory")
     max_processes: int = Field(512, ge=8, description="processes a run may have at once")

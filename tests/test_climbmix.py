@@ -164,6 +164,31 @@ def test_a_partial_download_resumes_with_a_range_request(prepare: ModuleType, hu
     assert not list(shards_dir(prepare).glob("*.part"))
 
 
+def test_a_connection_cut_mid_shard_resumes_in_the_same_run(
+    prepare: ModuleType, hub: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_shards(hub, [0, VAL], rows=400)
+    whole = (hub / "shard_00000.parquet").read_bytes()
+    serve = ShardHandler._send
+
+    def cut(self: ShardHandler) -> None:  # the first response for shard 0 promises every byte, sends 1000, closes
+        if self.path == "/shard_00000.parquet" and "/shard_00000.parquet" not in ShardHandler.sent:
+            ShardHandler.sent[self.path] = 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(whole)))
+            self.end_headers()
+            self.wfile.write(whole[:1000])
+            return
+        serve(self)
+
+    monkeypatch.setattr(ShardHandler, "_send", cut)
+    assert build.main(["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]) == 0
+    assert [r for p, r in ShardHandler.requests if p == "/shard_00000.parquet"] == [None, "bytes=1000-"]
+    assert ShardHandler.sent["/shard_00000.parquet"] == len(whole)  # 1000 bytes, then only the rest
+    assert (shards_dir(prepare) / "shard_00000.parquet").read_bytes() == whole
+    assert "retrying" in capsys.readouterr().err
+
+
 def test_a_corrupted_shard_is_downloaded_again(prepare: ModuleType, hub: Path) -> None:
     write_shards(hub, [0, VAL])
     args = ["--source", "climbmix", "--num-shards", "1", "--byte-level", "--name", "cm"]

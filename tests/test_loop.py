@@ -65,10 +65,26 @@ def test_keep_refuses_a_run_that_is_not_better(lab: Lab, repo: Path) -> None:
     lab.run("baseline")
     lab.keep()
     tip = git(repo, "rev-parse", "autoresearch/test")
-    run_mode(lab, "ok", 1.0)
+    run_mode(lab, "ok", 1.01)
     with pytest.raises(StateError, match="not better"):
         lab.keep()
     assert git(repo, "rev-parse", "autoresearch/test") == tip
+
+
+def test_keep_refuses_the_best_program_again_however_it_is_renamed_or_commented(lab: Lab, repo: Path) -> None:
+    """Scenario: Noise / a no-op change (a renamed variable, a comment) of the best is the best's program: it
+    cannot be kept as an improvement, however its seed fell"""
+    lab.run("baseline")
+    lab.keep()
+    tip = git(repo, "rev-parse", "autoresearch/test")
+    renamed = set_mode("ok", 1.0).replace("METRIC", "SCORE") + "# a comment changes nothing\n"
+    lab.write(renamed)
+    run = lab.run("renamed", duplicate_reason="on purpose")
+    assert run.fingerprint == lab.best().fingerprint and run.seed == 43  # type: ignore[union-attr]
+    with pytest.raises(StateError, match="same program as the best, run 1"):
+        lab.keep()
+    assert git(repo, "rev-parse", "autoresearch/test") == tip
+    lab.discard()
 
 
 def test_force_keep_needs_a_reason_and_then_keeps(lab: Lab, repo: Path) -> None:

@@ -179,3 +179,109 @@ def test_a_refused_model_is_kept_as_the_evidence_after_discard(lab: Lab) -> None
     assert refused.status == "bad_model" and "moved by up to" in (refused.reason or "")
     lab.discard(refused.id)
     assert (lab.history.run_dir(refused.id) / "out" / "model.pt2").is_file()
+
+
+PRE_STEPS = 600  # steps the hostile train.py takes before its start line (the tiny model: about 10 CPU seconds)
+EXTRA_S = 4.0  # seconds of real work each hostile run below does outside its timed window
+BURN = f"""\
+import time as _t, torch as _torch
+def burn(seconds={EXTRA_S}):
+    x = _torch.randn(256, 256)
+    end = _t.time() + seconds
+    while _t.time() < end:
+        x = _torch.tanh(x @ x)
+"""
+
+
+def outside_baseline(lab: Lab) -> RunRecord:
+    """The tag's baseline, the reference for work outside the timed window: the default train.py."""
+    baseline = lab.run("baseline")
+    assert baseline.status == "ok" and {"cpu_before", "cpu_training", "cpu_after"} <= set(baseline.timing)
+    assert "charged" not in baseline.timing
+    lab.keep()
+    return baseline
+
+
+def test_training_before_the_start_line_with_a_real_learning_rate_is_charged_and_over_budget(lab: Lab) -> None:
+    """Scenario: Measurement / free compute before the start mark: train.py raises SKIP_STEPS and gives the
+    steps before training_starts() a real learning rate; the server measures that CPU from the kernel, charges
+    what goes beyond the baseline's start-up to the budget, and the run is over_budget, never scored"""
+    baseline = outside_baseline(lab)
+    source = (EXPERIMENT / "train.py").read_text()
+    assert (
+        "SKIP_STEPS = 10 if COMPILE else 0" in source and "lrm = lr_multiplier(training_time / TIME_BUDGET)" in source
+    )
+    hostile = source.replace("SKIP_STEPS = 10 if COMPILE else 0", f"SKIP_STEPS = {PRE_STEPS}").replace(
+        "lrm = lr_multiplier(training_time / TIME_BUDGET)",
+        "lrm = lr_multiplier(training_time / TIME_BUDGET) if started is not None else 1.0",
+    )
+    record, _ = run(lab, hostile, "train before the mark")
+    assert record.status == "over_budget" and "outside its timed window" in (record.reason or "")
+    assert record.metric is None and "evaluation" not in record.timing
+    assert record.timing["cpu_before"] > baseline.timing["cpu_before"] + 2.0 and record.timing["charged"] > 1.0
+    # the training window itself looked honest: the clock alone would have scored it
+    assert record.timing["training"] < 2.0 * (1 + lab.config.budget_tolerance) + 1.0 + record.timing.get("last_step", 0)
+
+
+def test_work_after_the_end_line_is_charged_and_over_budget(lab: Lab) -> None:
+    """Scenario: Measurement / compute after save_model's end line (before the process exits): charged
+    beyond the baseline's hand-over, over_budget"""
+    baseline = outside_baseline(lab)
+    after = "".join(f"    {line}\n" for line in BURN.splitlines()) + "    burn()\n"
+    record, _ = run(lab, train_with(lab, after=after), "work after the end line")
+    assert record.status == "over_budget" and "after save_model's end line" in (record.reason or ""), str(record.timing)
+    assert record.timing["cpu_after"] > baseline.timing["cpu_after"] + 2.0 and record.metric is None
+
+
+def test_a_background_thread_beside_the_start_up_is_charged_and_over_budget(lab: Lab) -> None:
+    """Scenario: Measurement / a thread that computes while the main thread sets up (the wall clock of the
+    start-up unchanged on an idle core): its CPU is the run's, charged, over_budget"""
+    outside_baseline(lab)
+    before = "".join(f"    {line}\n" for line in BURN.splitlines())
+    before += (
+        "    import threading\n    worker = threading.Thread(target=burn)\n    worker.start()\n    worker.join()\n"
+    )
+    record, _ = run(lab, train_with(lab, before=before), "a thread beside the start-up")
+    assert record.status == "over_budget" and "outside its timed window" in (record.reason or "")
+
+
+def test_an_honest_change_after_the_baseline_is_not_charged(lab: Lab) -> None:
+    """Scenario: Measurement / an honest change (another learning rate, a wider model) does its set-up and
+    export within the baseline's allowance: ok, nothing charged"""
+    outside_baseline(lab)
+    source = (EXPERIMENT / "train.py").read_text()
+    assert "WIDTH = 32 if TINY" in source
+    record, _ = run(lab, source.replace("WIDTH = 32 if TINY", "WIDTH = 48 if TINY"), "wider")
+    assert record.status == "ok" and "charged" not in record.timing, record.timing
+
+
+PEEKS = {  # where a model adds the next token's one-hot to its logits: sparse, keyed by content, by row
+    "one position in 16": "(torch.arange(idx.size(1), device=idx.device) % 16 == 0).float()[None, :, None]",
+    "one position in 256": "(torch.arange(idx.size(1), device=idx.device) % 256 == 255).float()[None, :, None]",
+    "only after token 5": "(idx == 5).float()[..., None]",
+    "only in the last row of a batch": "(torch.arange(idx.size(0), device=idx.device) == idx.size(0) - 1)"
+    ".float()[:, None, None]",
+}
+
+
+@pytest.mark.parametrize("where", list(PEEKS))
+def test_a_sparse_look_ahead_is_refused_by_the_structural_check(lab: Lab, where: str) -> None:
+    """Scenario: Measurement / a model that reads the next token at a few positions only (one in 16, one in
+    256, after one particular token, in the last row of a batch): random probes would miss most of these; the
+    evaluator's structural check of the exported graph refuses each, naming the line that looks ahead"""
+    source = (EXPERIMENT / "train.py").read_text()
+    plain = "        if targets is None:\n            return self.head(x)\n"
+    assert plain in source
+    peek = (
+        "        if targets is None:\n"
+        "            logits = self.head(x)\n"
+        "            ahead = F.one_hot(F.pad(idx[:, 1:], (0, 1)), logits.size(-1)).float()\n"
+        f"            return logits + 8.0 * ahead * {PEEKS[where]}\n"
+    )
+    record, _ = run(lab, source.replace(plain, peek), f"peek {where}")
+    reason = record.reason or ""
+    assert record.status == "bad_model" and record.metric is None and "must be causal" in reason, reason
+    if "cannot be shown so" not in reason:  # a probe found it first: likely for dense or row-keyed peeks only
+        assert where in ("one position in 16", "only in the last row of a batch"), reason
+    else:
+        assert "the token at t + 1" in reason and "idx[:, 1:]" in reason, reason

@@ -13,7 +13,7 @@ import pytest
 from conftest import FAKE_CONFIG, make_fake_repo, set_mode
 
 from server.config import load_config
-from server.errors import StateError
+from server.errors import InvalidInputError, StateError
 from server.lab.loop import Lab
 from server.lab.noise import Group, judge, noise_band, t_cdf, t_quantile
 from server.show.table import counts
@@ -167,12 +167,13 @@ def test_remeasuring_runs_the_best_code_on_several_seeds_and_makes_it_the_floor(
     noisy.keep()
     tip = noisy.tip()
     run = noisy.remeasure(4)
-    assert run.decision == "keep" and [s.seed for s in run.repeats] == [42, 43, 44, 45]
+    # fresh seeds: the baseline ran this code on 42, 43, 44, and the server never draws a seed twice for it
+    assert run.decision == "keep" and [s.seed for s in run.repeats] == [45, 46, 47, 48]
     assert noisy.kept_content() == set_mode("noisy", 1.0)  # the best's code, unchanged
     assert noisy.repo.commit(noisy.tip()).tree == noisy.repo.commit(tip).tree
     floor = noisy.floor()
     assert floor is not None and floor.run_id == run.id and "re-measured" in floor.how
-    assert floor.std == pytest.approx(statistics.stdev([draw(s, 1.0) for s in (42, 43, 44, 45)]), abs=1e-6)
+    assert floor.std == pytest.approx(statistics.stdev([draw(s, 1.0) for s in (45, 46, 47, 48)]), abs=1e-6)
 
 
 def test_a_seed_that_fails_fails_the_run_and_says_which(noisy: Lab) -> None:
@@ -195,3 +196,36 @@ def test_the_noise_command_remeasures_and_history_shows_the_floor(
     assert cli.main(["--root", str(noisy.root), "history"]) == 0
     shown = capsys.readouterr().out
     assert "re-measured on request" in shown and "(+3 seed repeats)" in shown and "forced" in shown
+
+
+def test_a_rerun_of_the_same_program_gets_fresh_seeds_and_the_gate_pools_them(noisy: Lab) -> None:
+    """Scenario: Noise / re-running an idea renamed (the same program) draws the next seeds, never the old
+    ones, and keep judges the program on all its seeds: redrawing adds evidence, not lottery tickets"""
+    noisy.run("baseline")
+    noisy.keep()
+    first = run_noisy(noisy, 1.0 - SIGMA)
+    assert first.seed == 42  # new code: measured on the same seed as every idea first
+    noisy.discard()
+    noisy.write(set_mode("noisy", 1.0 - SIGMA).replace("METRIC", "RENAMED") + "# only a comment more\n")
+    again = noisy.run("the same idea, renamed", repeats=2)
+    assert again.fingerprint == first.fingerprint and [s.seed for s in again.repeats] == [43, 44]
+    verdict = noisy.judge(again)
+    assert verdict.n_candidate == 3  # its two seeds and the earlier run's one
+    pooled = statistics.fmean([draw(s, 1.0 - SIGMA) for s in (42, 43, 44)])
+    best = noisy.best()
+    assert best is not None and verdict.gain == pytest.approx(best.metric - pooled)  # type: ignore[operator]
+
+
+def test_a_draft_that_picks_its_own_seed_never_runs(noisy: Lab) -> None:
+    """Scenario: Noise / a train.py that seeds itself (written by write_train or by any other means) is
+    refused before anything runs, with the rule in the sentence"""
+    noisy.run("baseline")
+    noisy.keep()
+    before = noisy.current_content()
+    with pytest.raises(InvalidInputError, match="seeds are the server's"):
+        noisy.write(before + "import random\nrandom.seed(7)\n")
+    assert noisy.current_content() == before
+    (noisy.root / "train.py").write_text(before + "SEED = 7\n")  # around write_train
+    with pytest.raises(InvalidInputError, match="SEED is assigned"):
+        noisy.run("my own seed")
+    assert len(noisy.history.runs()) == 1

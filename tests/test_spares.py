@@ -112,7 +112,9 @@ def test_a_run_in_a_spare_is_the_run_a_cold_start_would_be(tmp_path: Path) -> No
         nice = niced_threads(spare.pid)  # imports at the lowest priority, the rest at the normal one
         assert 19 in nice and 0 in nice, nice
         settle(spare.pid)  # its imports done, as after a run of any length on a quiet machine
-        active = lab.start_run("warm", data=(PROBE + "# again\n").encode())
+        active = lab.start_run(
+            "warm", data=(PROBE + "AGAIN = 1  # another program: new code starts at the configured seed\n").encode()
+        )
         assert active.execution is spare  # the spare became the run...
         slot_file = json.loads((lab.state / "slots" / "0.lock").read_text())
         assert slot_file["token"] == spare.spec.token  # ...under the token recovery kills by

@@ -73,14 +73,13 @@ def write_tokens(tok: Any, docs: list[str], path: Path, label: str) -> dict[str,
     if tok.vocab_size > 65536:
         raise SystemExit("uint16 storage needs a vocabulary of at most 65536 tokens")
     tmp, h, n = locked._tmp_path(path), hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
-        for start in range(0, len(docs), ENCODE_BATCH):
+    with open(tmp, "wb") as f, progress_bar() as bar:
+        for start in bar.track(range(0, len(docs), ENCODE_BATCH), description=label):
             batch = tok.encode_batch(docs[start : start + ENCODE_BATCH])
             arr = np.concatenate([np.array([tok.bos_id, *ids], dtype=np.uint16) for ids in batch])
             f.write(arr.tobytes())
             h.update(arr.tobytes())
             n += len(arr)
-            progress_bar(label, min(start + ENCODE_BATCH, len(docs)), len(docs))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

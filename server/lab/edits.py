@@ -1,4 +1,5 @@
-"""What write_train accepts: exact search/replace edits and content that is UTF-8 Python that compiles."""
+"""What write_train accepts: exact search/replace edits and content that is UTF-8 Python that compiles and
+seeds nothing itself; and the code's identity (its fingerprint), whatever its names, comments and layout."""
 
 from __future__ import annotations
 
@@ -70,17 +71,115 @@ def validate_source(text: str, name: str, max_bytes: int) -> bytes:
         except SyntaxError as exc:
             raise InvalidInputError(f"{name} would not compile: {exc.msg} at line {exc.lineno}; "
                                     "fix it and write again. Nothing was written.") from exc  # fmt: skip
+        refuse_own_seeds(text, name)
     return data
 
 
+SEEDING = {"manual_seed", "manual_seed_all", "seed", "seed_all", "default_rng", "RandomState", "Random",
+           "SeedSequence", "Generator", "set_rng_state", "set_state", "setstate", "PCG64", "MT19937"}  # fmt: skip
+
+
+def seeding_faults(source: str) -> list[str]:
+    """Where the code chooses a seed itself: SEED bound in the file (it is prepare's, the server's), or a
+    random number generator seeded, built or restored with anything but prepare's SEED (a generator built
+    without one draws its seed from the OS: a new draw each run). One line each, with its line number."""
+    faults = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name) and node.id == "SEED" and isinstance(node.ctx, ast.Store | ast.Del):
+            faults.append(f"line {node.lineno}: SEED is assigned; it is the server's (`from prepare import SEED`)")
+        elif isinstance(node, ast.arg) and node.arg == "SEED":
+            faults.append(f"line {node.lineno}: SEED is a parameter; it is the server's (`from prepare import SEED`)")
+        elif isinstance(node, ast.Call):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            seeded = [kw.value for kw in node.keywords if kw.arg == "seed"]
+            if called in SEEDING and (len(node.args) != 1 or node.keywords or not _is_seed(node.args[0])):
+                faults.append(f"line {node.lineno}: `{ast.unparse(node)[:80]}` seeds a random number generator "
+                              "with something other than prepare's SEED")  # fmt: skip
+            elif any(not _is_seed(value) for value in seeded):
+                faults.append(f"line {node.lineno}: `{ast.unparse(node)[:80]}` passes a seed other than SEED")
+    return faults
+
+
+def _is_seed(node: ast.expr) -> bool:
+    """prepare's SEED, by name or as an attribute (prepare.SEED)."""
+    return (isinstance(node, ast.Name) and node.id == "SEED") or (
+        isinstance(node, ast.Attribute) and node.attr == "SEED"
+    )
+
+
+def refuse_own_seeds(source: str, name: str) -> None:
+    """Seeds are the server's: each run gets one (AUTORESEARCH_SEED, read by the locked prepare.py as SEED),
+    and a re-run of the same code gets the next one, so a run cannot redraw its own luck."""
+    faults = seeding_faults(source)
+    if faults:
+        raise InvalidInputError(f"{name} {faults[0]}; seeds are the server's: seed with prepare's SEED only "
+                                "(`from prepare import SEED`), and ask for more seeds with run_experiment(repeats=N). "
+                                "Nothing was written.")  # fmt: skip
+
+
 def fingerprint(source: str) -> str:
-    """The code's identity, whatever its comments, blank lines and formatting: a hash of its syntax tree (of
-    the text with runs of whitespace folded, when it does not parse)."""
+    """The code's identity, whatever its comments, docstrings, formatting and the names it gives its own
+    variables, functions and arguments (renamed consistently): a hash of its normalised syntax tree (of the
+    text with runs of whitespace folded, when it does not parse). Two files with one fingerprint are the same
+    program, so a re-run of one is a repeat of the other: more seeds of it, not a new draw."""
     try:
-        normal = ast.dump(ast.parse(source))
+        normal = normalised(ast.parse(source))
     except SyntaxError:
         normal = " ".join(source.split())
     return hashlib.sha256(normal.encode()).hexdigest()[:16]
+
+
+def normalised(tree: ast.Module) -> str:
+    """The tree without docstrings, its own names replaced by _0, _1, ... in the order the tree meets them.
+
+    Only names the file binds are renamed, and none that might be reached by name from elsewhere: a name
+    also used as an attribute, a keyword argument or a string, an imported name, a dunder, and nothing at all
+    in a file with a star import. So equal results mean the same program up to a consistent renaming."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            first = node.body[0] if node.body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = node.body[1:] or [ast.Pass()]
+    bound, fixed = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            bound.add(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.Attribute):
+            fixed.add(node.attr)
+        elif isinstance(node, ast.keyword) and node.arg:
+            fixed.add(node.arg)
+        elif isinstance(node, ast.alias):
+            fixed.add(node.asname or node.name.split(".")[0])
+            if node.name == "*":
+                return ast.dump(tree, annotate_fields=False)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            fixed.add(node.value)
+    own = {name for name in bound - fixed if not name.startswith("__")}
+    names: dict[str, str] = {}
+
+    def canon(name: str) -> str:
+        if name not in own:
+            return name
+        return names.setdefault(name, f"_{len(names)}")
+
+    for node in ast.walk(tree):  # the walk's order depends on the tree's shape only, never on the names
+        if isinstance(node, ast.Name):
+            node.id = canon(node.id)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            node.name = canon(node.name)
+        elif isinstance(node, ast.arg):
+            node.arg = canon(node.arg)
+        elif isinstance(node, ast.Global | ast.Nonlocal):
+            node.names = [canon(name) for name in node.names]
+    return ast.dump(tree, annotate_fields=False)
 
 
 def merge3(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import shutil
 
 from server.errors import InvalidInputError, StateError
-from server.lab import gate, noise
+from server.lab import gate, noise, reuse
 from server.lab.seeds import SeedLoop
 from server.lab.start import ActiveRun, RunRequest
-from server.run.holdout import score_holdout
+from server.run.holdout import previous_kept, score_holdout
+from server.run.outcome import starved_words
 from server.store import gitops
 from server.store.history import RunRecord
 
@@ -27,6 +28,8 @@ __all__ = ["ActiveRun", "Lab", "RunRequest"]
 
 class Lab(SeedLoop):
     """One repository, one run tag: set-up and recovery, runs, and keep/discard decisions."""
+
+    holdout_rng = reuse.system_rng()  # the holdout gate's noise (tests may set their own)
 
     def _decidable(self, run_id: int | None) -> RunRecord:
         """The run a decision is about: the one named, else the latest run if it finished undecided, else the
@@ -61,10 +64,21 @@ class Lab(SeedLoop):
                              f"call discard, or fix train.py and run again.")  # fmt: skip
         if force and not (reason or "").strip():
             raise InvalidInputError("keep with force=true needs a reason (e.g. 'equal result, simpler code').")
+        if "starved" in run.flags and not force:
+            raise StateError(f"run {run.id} was starved ({starved_words(run)}): its result says nothing about "
+                             "the idea. Discard it and run the same code again (it is not refused as a "
+                             "duplicate).")  # fmt: skip
         verdict = self.judge(run)
         tip = self.tip()
-        # the best's code again on several seeds: the noise floor re-measured, kept without a gate
-        same = self.best() is not None and run.seeds > 1 and self._code(run.commit) == self._code(tip)
+        best = self.best()
+        # the best's program again (renamed names and comments aside): never an improvement on itself; on
+        # several seeds it is the noise floor re-measured, kept without a gate
+        twin = best is not None and best.id != run.id and bool(run.fingerprint) and run.fingerprint == best.fingerprint
+        same = run.seeds > 1 and (twin or (best is not None and self._code(run.commit) == self._code(tip)))
+        if best is not None and twin and not same and not force:
+            raise StateError(f"run {run.id} is the same program as the best, run {best.id} (names, comments and layout "
+                             "aside), so it is not better than it; call discard (or run it with repeats=2 or more to "
+                             "re-measure the noise floor).")  # fmt: skip
         if run.parent != tip and tip != run.commit:  # tip == commit: an earlier keep died before recording
             best = self.best()
             now_best = f"run {best.id}, {best.metric:.6f}" if best and best.metric is not None else tip[:7]
@@ -83,8 +97,18 @@ class Lab(SeedLoop):
         """Advance the run branch to the run's commit if it beats the best it started from (or force with a
         reason). The holdout is scored before the repository lock is taken; the decision itself is short."""
         run = self._decidable(run_id)  # nothing to decide is refused before the tag starts: nothing changes
-        self._keepable(run, force, reason)
+        verdict, forced = self._keepable(run, force, reason)
         holdout, note = score_holdout(self.context, self.history, run)
+        answer = self._holdout_answer(run, holdout, verdict.required, remeasured=bool(forced) and not force)
+        if answer is not None and not answer.holds:
+            if not force:
+                raise StateError(f"run {run.id}'s validation gain ({answer.val_gain:+.6f} on the previous kept run) "
+                                 "does not hold on the holdout, the split no run and no agent sees: it fell short by "
+                                 f"more than the noise band ({answer.threshold:.6f}), so the gain is likely fitted to "
+                                 "the validation data rather than learnt. Call discard, or keep with force=true and "
+                                 "a reason (the history and the morning report will say it was forced past the "
+                                 "holdout).")  # fmt: skip
+            note = "forced past the holdout gate: " + (note or "its validation gain did not hold on the holdout")
         with self._hold("keep"):
             run = self._decidable(run.id)  # again: another process may have decided it, or moved the best
             verdict, forced = self._keepable(run, force, reason)
@@ -97,6 +121,31 @@ class Lab(SeedLoop):
             self.history.decide(run.id, "keep", forced, required_gain=verdict.required, beyond_noise=verdict.beyond,
                                 holdout_metric=holdout, holdout_note=note, lesson=lesson)  # fmt: skip
             return self.history.get(run.id) or run
+
+    def _holdout_answer(
+        self, run: RunRecord, holdout: float | None, threshold: float, remeasured: bool
+    ) -> reuse.Answer | None:
+        """The holdout's Thresholdout answer for this run (drawn once, kept in the dataset's ledger), or None
+        where the holdout does not gate: off, no figure, no earlier kept run scored on it, the best's own code
+        re-measured, or the dataset's budget of disagreements spent (the limits say so)."""
+        if not (self.config.holdout and self.config.holdout_gate) or holdout is None or remeasured:
+            return None
+        previous = previous_kept(self.history.runs(), run.id)
+        val_before, val_now = (previous.primary_metric if previous else None), run.primary_metric
+        if previous is None or previous.holdout_metric is None or val_before is None or val_now is None:
+            return None
+        ledger = self.holdout_ledger()
+        found = ledger.find(self.config.tag, run.id)
+        if found is not None or ledger.spent() >= self.config.holdout_budget:
+            return found
+        sign = 1.0 if self.config.direction == "minimize" else -1.0
+        answer = reuse.thresholdout(sign * (val_before - val_now), sign * (previous.holdout_metric - holdout),
+                                    threshold, self.holdout_rng, self.config.tag, run.id)  # fmt: skip
+        ledger.add(answer)
+        return answer
+
+    def holdout_ledger(self) -> reuse.Ledger:
+        return reuse.Ledger(reuse.ledger_path(self.places.state, self.places.data))
 
     def discard(self, run_id: int | None = None, lesson: str | None = None) -> RunRecord:
         """Reject a finished run; the working file returns to the best's code if it holds the run's code (a draft

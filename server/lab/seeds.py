@@ -100,7 +100,9 @@ class SeedLoop(StartPolicy):
         changed = tampered(self.config, candidate, self.root, self.pins_path)
         more = bool(active.seeds_left) or active.base is not None  # keep will judge the seeds' mean
         bar = gate.holdout_bar(self.history.runs(), self.config, more)  # decided before measuring, as a number
-        measured = measure(self.context, candidate, outcome, changed, active.warm, bar)
+        runs = self.history.runs()
+        reference = gate.baseline([r for r in runs if r.id != candidate.record.id])
+        measured = measure(self.context, candidate, outcome, changed, active.warm, bar, reference)
         active.warm = None
         active.measured = True
         record = classify(candidate.record, measured, self.config)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from server.errors import BusyError, DuplicateError, InvalidInputError, NightOverError, StateError
 from server.lab import caps
-from server.lab.edits import Edit, fingerprint, merge3, validate_source
+from server.lab.edits import Edit, fingerprint, merge3, refuse_own_seeds, validate_source
 from server.lab.tag import SHORT_WAIT_S, Tag
 from server.run.pipeline import Candidate, Warm, make_candidate, repeat
 from server.run.runner import Execution, kill_by_token
@@ -110,6 +110,7 @@ class StartPolicy(Tag):
         elif data is None:
             data = self.editable_path.read_bytes() if self.editable_path.exists() else b""
         if source == "draft":
+            self._refuse_own_seeds(data)  # the file may have been written by other means than write_train
             pending = self.pending()
             if pending is not None and repeats is not None and data == self._code(pending.commit):
                 return self._extend(pending, repeats, pinned)
@@ -121,7 +122,8 @@ class StartPolicy(Tag):
             self._refuse_duplicate(code)
         best = self.best()
         count = repeats or (self.config.noise_seeds if best is None else 1)
-        seeds = [self.config.seed + i for i in range(count)]
+        first = self._next_seed(code)
+        seeds = [first + i for i in range(count)]
         slot = self._take_slot()
         try:
             record = RunRecord(id=self.history.next_id(), commit=parent, parent=parent, description=request.description,
@@ -194,24 +196,41 @@ class StartPolicy(Tag):
                              "and write the idea again against the current best (read_train).")  # fmt: skip
         return validate_source(merged.decode("utf-8", "replace"), self.config.editable, self.config.max_file_bytes)
 
+    def _next_seed(self, code: str) -> int:
+        """The server's seed for a run of this code: the configured seed for new code (every idea is measured on
+        the same seeds first), else the one after the last any run of the same program used, so a repeat adds
+        evidence on fresh seeds (gate.evidence pools them) and never redraws the ones it has."""
+        used = [seed for r in self.history.runs() if r.fingerprint == code
+                for seed in [*(s.seed for s in r.repeats), *([r.seed] if r.seed is not None else [])]]  # fmt: skip
+        return max(used) + 1 if used else self.config.seed
+
+    def _refuse_own_seeds(self, data: bytes) -> None:
+        if not self.config.editable.endswith(".py"):
+            return
+        try:
+            refuse_own_seeds(data.decode("utf-8", "replace"), self.config.editable)
+        except SyntaxError:
+            return  # it will not run; the run's own log says why
+
     def _refuse_duplicate(self, code: str) -> None:
-        """The same code (comments and formatting aside) as an earlier run, or one in flight: its result is
-        known, or soon will be."""
+        """The same program (comments, formatting and its own names aside) as an earlier run, or one in flight:
+        its result is known, or soon will be."""
         runs = self.history.runs()
         flying = [r for r in runs if r.fingerprint == code and r.status == "running"]
         if flying:
             first = flying[0]
             raise DuplicateError(f"train.py is the same code as run {first.id} ({first.description!r}), which is "
                                  "running now; wait for its result with get_history(wait_for=[its id]).")  # fmt: skip
-        done = [r for r in runs if r.fingerprint == code and r.status not in UNFINISHED]
+        done = [r for r in runs if r.fingerprint == code and r.status not in UNFINISHED and "starved" not in r.flags]
         if not done:
             return
         run = done[-1]
         result = f"{self.config.metric} {run.metric:.6f}" if run.metric is not None else f"{run.status}"
         outcome = {"keep": "kept", "discard": "discarded"}.get(run.decision or "", "undecided")
         raise DuplicateError(
-            f"train.py is the same code as run {run.id} ({run.description!r}: {result}, {outcome}); change "
-            "something, or pass duplicate_reason to run it again on purpose (e.g. to re-measure it)."
+            f"train.py is the same code as run {run.id} ({run.description!r}: {result}, {outcome}); renamed "
+            "names, comments and layout do not make new code. Change what it computes, or pass duplicate_reason to "
+            f"measure it on more seeds: they are fresh ones, and the keep gate pools them with run {run.id}'s."
         )
 
     def _refuse_after_caps(self) -> None:

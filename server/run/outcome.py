@@ -37,6 +37,7 @@ class Measured:
     evaluation: Evaluation | None = None  # None: not evaluated (self-reported, or it failed before)
     train_tokens: int | None = None  # the dataset's train split, for the run's epochs
     holdout: Evaluation | None = None  # scored with the evaluation when the run may be kept (history only)
+    baseline: Baseline | None = None  # the tag baseline's figures (None: this run is the baseline)
 
 
 def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
@@ -48,6 +49,9 @@ def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
         timing["evaluation"] = measured.evaluation.seconds
     if measured.holdout is not None and measured.holdout.seconds is not None:
         timing["holdout"] = measured.holdout.seconds
+    charge = outside_charge(timing, measured.baseline)
+    if charge > 0:
+        timing["charged"] = charge
     status, reason, metric = _status(measured, summary, timing, config, text)
     if measured.tampered and status == "ok":
         status, reason = "tampered", f"the run changed locked file {measured.tampered[0]}; its result is not accepted"
@@ -56,6 +60,8 @@ def classify(run: RunRecord, measured: Measured, config: Config) -> RunRecord:
     epochs = passes(summary, measured.train_tokens)
     if repeated_data(summary, epochs):
         flags.append("repeated_data")
+    if status == "ok" and starved(timing, config, measured.baseline):
+        flags.append("starved")  # not evidence: the agent is told to run it again (views.py)
     outcome = measured.outcome
     memory_mb = outcome.peak_memory_mb
     training = timing.get("training") if config.evaluated else as_float(summary, "training_seconds")
@@ -81,7 +87,79 @@ def timings(outcome: Outcome) -> dict[str, float]:
         timing["handover"] = round(outcome.wall_seconds - marks["end"], 3)
     if outcome.last_step_gap is not None:
         timing["last_step"] = outcome.last_step_gap
+    if outcome.cpu_seconds is not None and outcome.cpu_wait_seconds is not None:
+        timing["cpu"], timing["cpu_wait"] = outcome.cpu_seconds, outcome.cpu_wait_seconds
+    cpu = outcome.cpu_marks
+    if {"start", "end", "exit"} <= set(cpu):
+        timing["cpu_before"] = cpu["start"]
+        timing["cpu_training"] = round(cpu["end"] - cpu["start"], 3)
+        timing["cpu_after"] = round(cpu["exit"] - cpu["end"], 3)
     return timing
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the tag's baseline measured, the reference later runs are held to (the decider picks it, lab/gate):
+    its CPU seconds outside its timed window (before its start line, after its end line: imports, set-up, the
+    export), its CPU seconds per second of timed training (what converts extra CPU into training time), and the
+    share of its runnable time its threads waited for a CPU (what a run of this kind waits on this machine)."""
+
+    run_id: int
+    outside_cpu: float | None = None
+    cpu_rate: float | None = None
+    wait_share: float | None = None
+
+    def allowance(self) -> float:
+        """CPU seconds outside the window a run may use: the baseline's, OUTSIDE_TOLERANCE more, OUTSIDE_SLACK_S."""
+        return (self.outside_cpu or 0.0) * (1 + OUTSIDE_TOLERANCE) + OUTSIDE_SLACK_S
+
+
+OUTSIDE_TOLERANCE = 0.25  # honest runs vary: a bigger model takes longer to build and to export
+OUTSIDE_SLACK_S = 2.0  # CPU seconds: a cold start's imports beside a warm baseline's, the scheduler's noise
+
+
+def outside_cpu(timing: dict[str, float]) -> float | None:
+    """CPU seconds the run used outside its timed window (before the start line, after the end line)."""
+    if "cpu_before" not in timing or "cpu_after" not in timing:
+        return None
+    return round(timing["cpu_before"] + timing["cpu_after"], 3)
+
+
+def outside_charge(timing: dict[str, float], baseline: Baseline | None) -> float:
+    """Seconds of timed training the run's extra work outside the window is worth: its CPU seconds outside the
+    window beyond the baseline's allowance, at the baseline's CPU seconds per second of training. 0 without a
+    reference (the tag's first run is the reference) or a measurement."""
+    used = outside_cpu(timing)
+    if baseline is None or baseline.outside_cpu is None or not baseline.cpu_rate or used is None:
+        return 0.0
+    return round(max(0.0, used - baseline.allowance()) / baseline.cpu_rate, 3)
+
+
+def wait_share(timing: dict[str, float]) -> float | None:
+    """The share of its runnable time the run's threads spent waiting for a CPU (the kernel's run-queue delay);
+    None when not measured or when the run hardly ran (under a CPU second)."""
+    ran, waited = timing.get("cpu"), timing.get("cpu_wait")
+    if ran is None or waited is None or ran + waited < 1.0:
+        return None
+    return waited / (ran + waited)
+
+
+def starved_words(run: RunRecord) -> str:
+    """'its threads waited 47% of their runnable time for a CPU that other processes held'."""
+    share = wait_share(run.timing)
+    if share is None:
+        return "other processes held the CPU"
+    return f"its threads waited {share:.0%} of their runnable time for a CPU that other processes held"
+
+
+def starved(timing: dict[str, float], config: Config, baseline: Baseline | None) -> bool:
+    """Whether the run's threads waited for a CPU `starved_share` more of their runnable time than the tag
+    baseline's did (a run's threads also wait for each other: the baseline's share is what a run of this kind
+    waits on this machine anyway). The baseline itself is not judged."""
+    share = wait_share(timing)
+    if share is None or baseline is None or baseline.wait_share is None:
+        return False
+    return share - baseline.wait_share >= config.starved_share
 
 
 def allowed_training(config: Config, last_step: float | None) -> float:
@@ -130,7 +208,7 @@ def _status(
     if measured.model is None:
         return "no_model", ("exited 0 without handing a model over: call prepare.training_starts() before the "
                             "first timed step and end train.py with prepare.save_model(model)"), None  # fmt: skip
-    late = over_budget(timing, config)
+    late = over_budget(timing, config, measured.baseline)
     if late is not None:
         return "over_budget", late, None
     evaluation = measured.evaluation
@@ -164,8 +242,9 @@ def _ended_badly(measured: Measured, config: Config, text: str) -> tuple[str, st
     return None
 
 
-def over_budget(timing: dict[str, float], config: Config) -> str | None:
-    """Why the server's clock says the run broke the budget, or None."""
+def over_budget(timing: dict[str, float], config: Config, baseline: Baseline | None = None) -> str | None:
+    """Why the server's clock says the run broke the budget, or None. Work outside the timed window beyond the
+    baseline's (outside) is charged to the timed training at the baseline's rate."""
     if "startup" not in timing:
         return "it never started timed training: call prepare.training_starts() right before the first step"
     if timing["startup"] > config.startup_limit:
@@ -174,6 +253,16 @@ def over_budget(timing: dict[str, float], config: Config) -> str | None:
     if "training" not in timing:
         return "it never ended timed training: end train.py with prepare.save_model(model)"
     allowed = allowed_training(config, timing.get("last_step"))
+    charge = outside_charge(timing, baseline)
+    if charge > 0 and baseline is not None and timing["training"] + charge > allowed:
+        used = outside_cpu(timing) or 0.0
+        more = used - (baseline.outside_cpu or 0.0)
+        return (f"it computed {used:.1f} CPU seconds outside its timed window ({timing['cpu_before']:.1f}s before "
+                f"training_starts(), {timing['cpu_after']:.1f}s after save_model's end line), {more:.1f}s "
+                f"more than the baseline (run {baseline.run_id}), past its allowance of {baseline.allowance():.1f}s: "
+                f"charged as {charge:.1f}s of training, {timing['training']:.1f}s + {charge:.1f}s is over the "
+                f"{config.time_budget:g}s budget. Train only between training_starts() and save_model(); set-up "
+                "and compilation are free only as long as the baseline's")  # fmt: skip
     if timing["training"] > allowed:
         return f"trained {timing['training']:.1f}s by the server's clock, over the {config.time_budget:g}s budget"
     if timing["handover"] > config.handover_limit:

@@ -31,7 +31,7 @@ from server.config import CONFIG_NAME, Config
 from server.run import spares
 from server.run.evaluator import Evaluation, eval_spec, evaluate, handed_over, read_result, stage_locked
 from server.run.isolation import Places, run_env, run_view, train_tokens
-from server.run.outcome import Measured, over_budget, timings
+from server.run.outcome import Baseline, Measured, over_budget, timings
 from server.run.runner import Execution, Outcome, Runner, RunSpec
 from server.run.summary import MODEL_FILE, as_float
 from server.store import gitops, pins
@@ -244,17 +244,21 @@ def measure(
     changed: list[str],
     warm: Warm | None = None,
     holdout_bar: float | None = None,
+    baseline: Baseline | None = None,
 ) -> Measured:
     """The hand-over and the evaluation, when the run earned one: evaluated contract, exited well, in time.
     When the metric is strictly better than `holdout_bar` (the decider's bar for a keep; None: never), the warm
     evaluator scores the holdout at once (the model is loaded and checked already), so that keep need not start
-    an evaluator of its own."""
+    an evaluator of its own. `baseline` is the tag baseline's figures (the decider's reference; None: this run is
+    the baseline): work outside the timed window beyond its allowance is charged to the timed training."""
     config, places = ctx.config, ctx.places
     if candidate.repeat == 0:  # only this evaluation's holdout may be found there at keep
         shutil.rmtree(candidate.run_dir / "eval-holdout", ignore_errors=True)
     model, export_error = handed_over(candidate.output)
-    measured = Measured(outcome, candidate.log, changed, model, export_error, train_tokens=train_tokens(places.data))
-    earned = outcome.stop == "exited" and outcome.exit_code == 0 and over_budget(timings(outcome), config) is None
+    measured = Measured(outcome, candidate.log, changed, model, export_error, train_tokens=train_tokens(places.data),
+                        baseline=baseline)  # fmt: skip
+    late = over_budget(timings(outcome), config, baseline)
+    earned = outcome.stop == "exited" and outcome.exit_code == 0 and late is None
     if not config.evaluated or model is None or changed or not earned:
         if warm is not None:
             warm.release(go=False)
@@ -288,6 +292,7 @@ def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:
     seeds = [*earlier, *(_seed_run(r) for r in results)]
     failed = next((r for r in results if r.status != "ok"), None)
     wall = sum(s.wall_seconds or 0.0 for s in seeds)
+    flags = list(dict.fromkeys(flag for r in [*([base] if base else []), *results] for flag in r.flags))  # any seed's
     if failed is not None:
         why = f"seed {failed.seed}: {failed.reason}" if len(seeds) > 1 else failed.reason
         return first.model_copy(
@@ -310,6 +315,7 @@ def combine(base: RunRecord | None, results: list[RunRecord]) -> RunRecord:
             "repeats": seeds,
             "wall_seconds": wall,
             "ended_at": results[-1].ended_at,
+            "flags": flags,
         }  # fmt: skip
     )
 

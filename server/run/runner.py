@@ -9,7 +9,6 @@ cluster) can stand in for LocalRunner.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -24,6 +23,7 @@ import psutil
 
 from server.run import sandbox
 from server.run.summary import MARKERS, Progress, parse_progress
+from server.run.usage import Usage, cpu_now
 
 RUN_TOKEN_VAR = "AUTORESEARCH_RUN_ID"
 _ACTIVE: dict[int, LocalExecution] = {}  # runs of this process not yet collected, for kill_all_now
@@ -64,6 +64,12 @@ class Outcome:
     peak_memory_mb: float | None = None
     peak_gpu_memory_mb: float | None = None
     processes: int = 0  # the most processes seen at once
+    cpu_seconds: float | None = None  # on a CPU, summed over the run's threads (the kernel's schedstat)
+    cpu_wait_seconds: float | None = None  # runnable but waiting for a CPU: what other processes took from it
+    # CPU seconds of the run's processes since they started (user + system, every thread and child, the kernel's
+    # count): at the first start line, at the last end line, and at exit. What a run computes outside its timed
+    # window is judged from these (server/run/outcome.py: outside_cpu).
+    cpu_marks: dict[str, float] = field(default_factory=dict)
 
 
 class Execution(Protocol):
@@ -159,7 +165,9 @@ class LocalExecution:
         self._progress: Progress | None = None
         self._outcome: Outcome | None = None
         self._clock = _Clock()
-        self._usage = _Usage()
+        self._cpu_marks: dict[str, float] = {}
+        self._cpu_exit: float | None = None  # wait4's: the run's CPU seconds, its reaped children's included
+        self._usage = Usage()
         self._log = _CappedLog(spec.log_path, spec.max_log_bytes)
         env = {**spec.env, RUN_TOKEN_VAR: spec.token}
         argv = sandbox.command(spec.view, spec.argv, spec.cwd) if spec.view is not None else spec.argv
@@ -182,6 +190,7 @@ class LocalExecution:
         """Reap the run with wait4: its resource usage is the kernel's peak memory of the run's processes."""
         try:
             _, status, usage = os.wait4(self.pid, 0)
+            self._cpu_exit = usage.ru_utime + usage.ru_stime
             self.proc.returncode = os.waitstatus_to_exitcode(status)
             self._usage.kernel_peak(usage.ru_maxrss / 1024)  # Linux reports KiB
         except ChildProcessError:
@@ -202,7 +211,8 @@ class LocalExecution:
             *lines, pending = pending.split(b"\n")
             for line in lines[-50:]:
                 text = line.decode("utf-8", "replace").strip()
-                self._clock.stamp(text, arrived)
+                if self._clock.stamp(text, arrived):  # a start or end line: the CPU the run used until now
+                    self._cpu_marks[self._clock.last_mark] = cpu_now(_tree(self.pid))
                 progress = parse_progress(text)
                 self._progress = progress or self._progress
 
@@ -232,6 +242,7 @@ class LocalExecution:
         again from here, and the word goes to its standard input, which is then closed."""
         self.started = time.monotonic()
         self._clock = _Clock()
+        self._cpu_marks = {}  # counted from the process's start all the same: a spare waits for its word idle
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(word)
@@ -284,10 +295,15 @@ class LocalExecution:
         if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
         usage = self._usage
+        cpu_marks = dict(self._cpu_marks)
+        if cpu_marks:
+            # the most sampled too: a sandbox's inner processes are not bwrap's children, wait4 misses them
+            cpu_marks["exit"] = round(max([self._cpu_exit or 0.0, usage.cpu_seen, *cpu_marks.values()]), 3)
         self._outcome = Outcome(
             self._stop, self.proc.returncode, round(self.elapsed(), 3), self._log.dropped, self._log.error,
             marks=dict(self._clock.marks), last_step_gap=self._clock.last_step_gap,
             peak_memory_mb=usage.peak_mb or None, peak_gpu_memory_mb=usage.peak_gpu_mb, processes=usage.most,
+            cpu_seconds=usage.cpu_seconds(), cpu_wait_seconds=usage.wait_seconds(), cpu_marks=cpu_marks,
         )  # fmt: skip
         return self._outcome
 
@@ -299,75 +315,21 @@ class _Clock:
         self.marks: dict[str, float] = {}
         self.steps: deque[float] = deque(maxlen=2)
         self.last_step_gap: float | None = None
+        self.last_mark = ""
 
-    def stamp(self, line: str, at: float) -> None:
+    def stamp(self, line: str, at: float) -> bool:
+        """Stamp a marker line; True when it set a mark (the first start, or an end: the last one counts)."""
         name = MARKERS.get(line)
         if name is not None:
             if name == "end" and len(self.steps) == 2:
                 self.last_step_gap = round(self.steps[1] - self.steps[0], 3)
             if name != "start" or "start" not in self.marks:
                 self.marks[name] = round(at, 3)
+                self.last_mark = name
+                return True
         elif line.startswith("step "):
             self.steps.append(at)
-
-
-class _Usage:
-    """Peak memory (resident sets summed over the tree, and each process's kernel high-water mark) and the
-    most processes seen at once; GPU memory from nvidia-smi where it exists."""
-
-    def __init__(self) -> None:
-        self.peak_mb = 0.0
-        self.peak_gpu_mb: float | None = None
-        self.most = 0
-        self.now_mb = 0.0
-        self.count = 0
-        self.smi = shutil.which("nvidia-smi")
-
-    def sample(self, tree: list[psutil.Process]) -> None:
-        total, highest = 0.0, 0.0
-        for proc in tree:
-            try:
-                total += proc.memory_info().rss / 2**20
-                highest = max(highest, _high_water_mb(proc.pid))
-            except psutil.Error:
-                continue
-        self.now_mb, self.count = total, len(tree)
-        self.peak_mb = max(self.peak_mb, total, highest)
-        self.most = max(self.most, len(tree))
-
-    def kernel_peak(self, mb: float) -> None:
-        self.peak_mb = max(self.peak_mb, mb)
-
-    def sample_gpu(self, pids: set[int]) -> None:
-        if self.smi is None or not pids:
-            return
-        query = [self.smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
-        try:
-            out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout
-        except (OSError, subprocess.SubprocessError):
-            return
-        used = sum(float(mb) for pid, _, mb in (line.partition(",") for line in out.splitlines())
-                   if pid.strip().isdigit() and int(pid) in pids and mb.strip().replace(".", "").isdigit())  # fmt: skip
-        if used:
-            self.peak_gpu_mb = max(self.peak_gpu_mb or 0.0, used)
-
-    def over(self, memory_limit_mb: float, max_processes: int) -> StopReason | None:
-        if memory_limit_mb and self.now_mb > memory_limit_mb:
-            return "memory"
-        if max_processes and self.count > max_processes:
-            return "processes"
-        return None
-
-
-def _high_water_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+        return False
 
 
 def _tree(pid: int) -> list[psutil.Process]:

@@ -11,11 +11,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from server.config import load_config
 from server.errors import InvalidInputError, StateError
-from server.lab import caps
+from server.lab import caps, gate
 from server.lab.edits import Edit
 from server.lab.loop import ActiveRun, Lab
 from server.lab.noise import Floor
-from server.run.outcome import read_tail, tail_lines
+from server.run.outcome import read_tail, starved_words, tail_lines
 from server.show import table
 from server.store.history import PRIVATE, History, RunRecord
 
@@ -64,6 +64,8 @@ class RunResult(BaseModel):
     seed_metrics: list[float] | None = Field(default=None, description="each seed's metric, with several seeds")
     required_gain: float | None = Field(default=None, description="the gain on the best the keep gate needs")
     near_miss: bool = Field(default=False, description="better, but inside the noise band: more seeds may settle it")
+    verdict: str | None = Field(default=None, description="the result in words: better or worse beyond the noise, "
+                                "within it, or starved (not evidence)")  # fmt: skip
     memory_gb: float | None
     training_seconds: float | None
     total_seconds: float | None
@@ -173,7 +175,7 @@ def run_result(lab: Lab, run: RunRecord) -> RunResult:
                      reported=run.reported, flags=run.flags or None, epochs=run.epochs,
                      log_tail=tail, seeds=run.seeds, std=_round(run.metric_std), seed_metrics=metrics,
                      required_gain=_round(verdict.required if verdict else None), near_miss=near_miss,
-                     next=_next_step(run, improved, near_miss))  # fmt: skip
+                     verdict=gate.describe(verdict, run), next=_next_step(run, improved, near_miss))  # fmt: skip
 
 
 def _round(value: float | None) -> float | None:
@@ -195,6 +197,9 @@ def _next_step(run: RunRecord, improved: bool, near_miss: bool) -> str:
         return f"running; collect it with get_history(wait_for=[{run.id}]) (call again while it still runs)"
     if run.status != "ok":
         return "fix with write_train and run again, or discard"
+    if "starved" in run.flags:
+        return (f"starved ({starved_words(run)}): the result is not evidence; discard it and run the same code "
+                "again (it is not refused as a duplicate)")  # fmt: skip
     if near_miss:
         return "near miss inside the noise band: run_experiment with repeats=2 (file unchanged) adds seeds; or discard"
     return "keep" if improved else "discard (or keep with force and a reason if simpler)"
@@ -241,7 +246,22 @@ def near_misses(runs: list[RunRecord], direction: str, count: int = 5) -> list[s
 def limits(lab: Lab) -> str | None:
     runs = lab.history.runs()
     over = caps.reached(lab.config, runs, lab.state)
-    return f"the night is over: {over}" if over else caps.usage(lab.config, runs)
+    if over:
+        return f"the night is over: {over}"
+    parts = [part for part in (caps.usage(lab.config, runs), holdout_limit(lab)) if part]
+    return "; ".join(parts) or None
+
+
+def holdout_limit(lab: Lab) -> str | None:
+    """How much of the holdout's budget of disagreements the dataset has spent (the holdout's figures never)."""
+    config = lab.config
+    if not (config.evaluated and config.holdout and config.holdout_gate):
+        return None
+    spent, budget = lab.holdout_ledger().spent(), config.holdout_budget
+    if spent >= budget:
+        return (f"the holdout gate is spent ({spent} of {budget} disagreements): validation alone decides keeps "
+                "until the human prepares a fresh split")  # fmt: skip
+    return f"holdout gate: {spent} of {budget} disagreements spent"
 
 
 def run_detail(lab: Lab, run: RunRecord) -> RunDetail:

@@ -32,6 +32,11 @@ def main(mode, metric):
         import random
 
         summary(metric + NOISE_SIGMA * random.Random(int(os.environ["AUTORESEARCH_SEED"])).gauss(0.0, 1.0))
+    elif mode == "spin":  # every core busy for the budget, in processes of its own: a real run's CPU work
+        end = f"import time\nend = time.time() + {budget}\nwhile time.time() < end: pass"
+        for proc in [subprocess.Popen([sys.executable, "-c", end]) for _ in range(os.cpu_count() or 1)]:
+            proc.wait()
+        summary(metric)
     elif mode == "sleep":  # sleeps through its budget, like a real run that does nothing
         time.sleep(budget)
         summary(metric)
