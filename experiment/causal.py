@@ -166,7 +166,17 @@ def _value(arg: Any, env: dict[Any, Any]) -> Any:
 
 def _shape(arg: Any) -> tuple[int, ...]:
     value = arg.meta.get("val") if hasattr(arg, "meta") else None
-    return tuple(int(s) for s in getattr(value, "shape", ()))
+    return tuple(_size(s) for s in getattr(value, "shape", ()))
+
+
+SYMBOLIC_SIZE = 7919  # a dynamic dimension (an archive exported for any batch) stands for this prime
+
+
+def _size(dim: Any) -> int:
+    if isinstance(dim, int):
+        return dim
+    expr = dim.node.expr  # a shape expression of the export's symbols (s0, s0*512, ...)
+    return int(expr.subs({symbol: SYMBOLIC_SIZE for symbol in expr.free_symbols}))
 
 
 def _args(node: Any) -> dict[str, Any]:
@@ -223,6 +233,8 @@ def _rule(name: str, node: Any, env: dict[Any, Any], program: Any) -> Any:
     first = node.args[0]
     x = _value(first, env) if hasattr(first, "op") else None
     ndim = len(_shape(first)) if hasattr(first, "op") else 0
+    if name in ("sym_size", "sym_numel", "sym_stride", "sym_storage_offset", "size", "numel", "dim"):
+        return None  # a shape, not a value: it depends on no token
     if name in POINTWISE:
         return _pointwise(name, node, env, out, program)
     if name in ("view", "reshape", "_unsafe_view", "flatten", "unflatten", "view_as", "reshape_as", "squeeze",

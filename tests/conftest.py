@@ -116,6 +116,36 @@ def real_experiment_repo(path: Path, config: str) -> Path:
     return path
 
 
+TINY_REAL_CONFIG = """\
+[autoresearch]
+tag = "test"
+time_budget = 2
+noise_seeds = 1
+eval_tokens = 2048
+startup_allowance = 20
+handover_allowance = 20
+kill_grace = 1
+
+[autoresearch.env]
+AUTORESEARCH_MODEL_SIZE = "tiny"
+AUTORESEARCH_DEVICE = "cpu"
+"""
+
+
+def tiny_real_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, texts: list[str]) -> Lab:
+    """The real experiment (its tiny model, a 2 s budget) on a byte-level dataset made of `texts`, one document
+    each, in a private cache."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
+    paths = []
+    for i, text in enumerate(texts):
+        (tmp_path / f"play{i}.txt").write_text(text, encoding="utf-8")
+        paths.append(str(tmp_path / f"play{i}.txt"))
+    prepare_dataset(["--source", "files", "--paths", *paths, "--byte-level", "--name", "tiny"])
+    repo = real_experiment_repo(tmp_path / "repo", TINY_REAL_CONFIG)
+    return Lab(repo, load_config(repo))
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     return make_fake_repo(tmp_path / "repo")

@@ -25,10 +25,11 @@ spec.loader.exec_module(causal)
 T, V, C = 512, 96, 16
 
 
-def exported(model: torch.nn.Module, batch: int = 2) -> object:
-    """Export as prepare.save_model does, then save and load it as the evaluator does."""
+def exported(model: torch.nn.Module, batch: int = 2, dynamic: bool = False) -> object:
+    """Export as prepare.save_model does (or for any batch), then save and load it as the evaluator does."""
+    shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
     with torch.no_grad():
-        program = torch.export.export(model.eval(), (torch.zeros((batch, T), dtype=torch.long),))
+        program = torch.export.export(model.eval(), (torch.zeros((batch, T), dtype=torch.long),), dynamic_shapes=shapes)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     buffer.seek(0)
@@ -186,3 +187,4 @@ def test_the_default_models_are_shown_causal(size: str, monkeypatch: pytest.Monk
     train = importlib.import_module("train")
     model = train.GPT(V, train.DEPTH, train.WIDTH, train.HEAD_DIM)
     causal.check(exported(model))
+    causal.check(exported(model, dynamic=True))  # an archive exported for any batch (its shapes are symbols)

@@ -333,7 +333,7 @@ def test_a_model_exported_for_any_batch_scores_the_same(
     assert fixed["status"] == dynamic["status"] == "ok" and dynamic["bpb"] == pytest.approx(fixed["bpb"], rel=1e-6)
     monkeypatch.setenv("AUTORESEARCH_EVAL_BATCH", str(evaluate.EVAL_MAX_BATCH + 1))
     huge = evaluator(prepare, prepare.save_model(model), tmp_path)
-    assert huge["status"] == "bad_model" and "exported for a batch of" in huge["reason"]
+    assert huge["status"] == "bad_model" and "exported for a batch of" in huge["reason"], huge
 
 
 def rewrite(path: Path, change: Any) -> Path:

@@ -6,43 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, needs_bwrap, prepare_dataset, real_experiment_repo
+from conftest import EXPERIMENT, needs_bwrap, tiny_real_lab
 
-from server.config import load_config
 from server.errors import StateError
 from server.lab.loop import Lab
 from server.store.history import RunRecord
 
 pytestmark = [needs_bwrap, pytest.mark.slow]
 TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 80
-CONFIG = """\
-[autoresearch]
-tag = "test"
-time_budget = 2
-noise_seeds = 1
-eval_tokens = 2048
-startup_allowance = 20
-handover_allowance = 20
-kill_grace = 1
-
-[autoresearch.env]
-AUTORESEARCH_MODEL_SIZE = "tiny"
-AUTORESEARCH_DEVICE = "cpu"
-"""
 HEAD = "import sys, os\nsys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\nimport prepare\n"
 
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     """A repository holding the real experiment, and a tiny byte-level dataset in a private cache."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
-    for i in range(2):
-        (tmp_path / f"play{i}.txt").write_text(f"Act {i}. " + TEXT, encoding="utf-8")
-    prepare_dataset(["--source", "files", "--paths", str(tmp_path / "play0.txt"), str(tmp_path / "play1.txt"),
-                         "--byte-level", "--name", "tiny"])  # fmt: skip
-    repo = real_experiment_repo(tmp_path / "repo", CONFIG)
-    return Lab(repo, load_config(repo))
+    return tiny_real_lab(tmp_path, monkeypatch, [f"Act {i}. " + TEXT for i in range(2)])
 
 
 def run(lab: Lab, source: str, description: str = "hostile") -> tuple[RunRecord, str]:

@@ -8,9 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENT, needs_bwrap, prepare_dataset, real_experiment_repo
+from conftest import EXPERIMENT, needs_bwrap, tiny_real_lab
 
-from server.config import load_config
 from server.errors import StateError
 from server.lab import reuse
 from server.lab.loop import Lab
@@ -49,36 +48,16 @@ def test_the_ledger_keeps_each_answer_once_and_counts_disagreements(tmp_path: Pa
 
 TEXT = "O Romeo, Romeo! wherefore art thou Romeo? Deny thy father and refuse thy name. " * 60
 PHRASE = "zebra quartz vexes jumpy fjords; "  # every document's last 5%: the validation split is this text
-CONFIG = """\
-[autoresearch]
-tag = "test"
-time_budget = 2
-noise_seeds = 1
-eval_tokens = 2048
-startup_allowance = 20
-handover_allowance = 20
-kill_grace = 1
-
-[autoresearch.env]
-AUTORESEARCH_MODEL_SIZE = "tiny"
-AUTORESEARCH_DEVICE = "cpu"
-"""
 
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
     """The real experiment on a dataset whose validation text (each document's tail) differs from the rest."""
-    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("AUTORESEARCH_DATASET", "tiny")
-    paths = []
+    texts = []
     for i in range(2):
         body = f"Act {i}. " + TEXT
-        tail = (PHRASE * (len(body) // len(PHRASE) // 18 + 2))[: int(len(body) * 0.06)]
-        (tmp_path / f"play{i}.txt").write_text(body + tail, encoding="utf-8")
-        paths.append(str(tmp_path / f"play{i}.txt"))
-    prepare_dataset(["--source", "files", "--paths", *paths, "--byte-level", "--name", "tiny"])
-    repo = real_experiment_repo(tmp_path / "repo", CONFIG)
-    return Lab(repo, load_config(repo))
+        texts.append(body + (PHRASE * (len(body) // len(PHRASE) // 18 + 2))[: int(len(body) * 0.06)])
+    return tiny_real_lab(tmp_path, monkeypatch, texts)
 
 
 def fitted_to_validation() -> str:
