@@ -156,7 +156,7 @@ def hostile_models(count: int, rng: random.Random) -> list[tuple[str, torch.nn.M
                 elif how == "attention":
                     mixed = attend(n, x, "none")
                 elif how == "open mask":
-                    mixed = attend(n, x, f"open{dist - 1}")
+                    mixed = attend(n, x, f"open{dist}")  # keys t+1 .. t+dist open
                 else:
                     mixed = sdpa(n, x, is_causal=False)
                 return n.head(x + g * mixed)
