@@ -44,7 +44,9 @@ def test_the_default_experiment_is_scored_by_the_server_inside_the_sandbox(lab: 
     assert baseline.status == "ok" and baseline.metric is not None and 0.5 < baseline.metric < 9
     assert baseline.reported is None and "unsandboxed" not in baseline.flags  # the run cannot see val_bpb
     # train.py stops after the step that ends nearest the 2 s budget, on the same clock as the server's
-    assert 1.8 <= baseline.timing["training"] < 6.0 and baseline.training_seconds == baseline.timing["training"]
+    short = baseline.timing.get("last_step", 0.0) / 2 + 0.2  # it stops at the step that ends nearest the budget
+    assert 2.0 - short <= baseline.timing["training"] < 6.0, baseline.timing
+    assert baseline.training_seconds == baseline.timing["training"]
     assert baseline.timing["evaluation"] > 0 and baseline.memory_gb is not None and baseline.memory_gb > 0.05
     result = (lab.history.run_dir(1) / "eval-val" / "result.json").read_text()
     assert str(baseline.metric)[:10] in result
