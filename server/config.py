@@ -124,6 +124,9 @@ class Config(BaseModel):
     ray_address: str = Field("", description="the Ray cluster; empty: RAY_ADDRESS, else a cluster on this machine")
     ray_num_gpus: float = Field(1.0, ge=0, description="GPUs each Ray task of a run asks for")
     ray_num_cpus: float = Field(1.0, ge=0, description="CPUs each Ray task of a run asks for")
+    ray_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each task of a run asks for (pins runs to the nodes "
+        "that offer them)")  # fmt: skip
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for each run")
     overrides: dict[str, str] = Field(default_factory=dict, description="(set by the server) launcher overrides")
 

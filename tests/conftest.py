@@ -12,10 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import pytest
 
 from server.config import ENV_OVERRIDES, load_config
 from server.lab.loop import Lab
+from server.run.runner import RUN_TOKEN_VAR
 
 FAKE = Path(__file__).parent / "fake"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -198,3 +200,15 @@ def dead_pid() -> int:
     """The id of a process that has exited (a slot it described was left by a dead owner)."""
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(gone.stdout)
+
+
+def with_token(token: str) -> list[psutil.Process]:
+    """Live processes that carry the run's token in their environment."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(RUN_TOKEN_VAR) == token:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found

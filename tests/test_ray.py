@@ -3,8 +3,10 @@ this machine, with two logical GPUs (Ray's resources are bookkeeping: no GPU is 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
+import json
 import shutil
 import signal
 import subprocess
@@ -24,16 +26,18 @@ from conftest import (
     prepare_dataset,
     real_experiment_repo,
     set_mode,
+    with_token,
 )
 
 from server.config import Config, load_config
 from server.errors import ConfigError
 from server.lab.edits import Edit
 from server.lab.loop import ActiveRun, Lab
+from server.run import ray_data
 from server.run import runner as local_runner
 from server.run.ray_runner import RayExecution, RayRunner, connect, runner_for
 from server.run.ray_worker import Shipment, changes, localize, manifest, pack, scratch_prefix, unfit, unpack
-from server.run.runner import RUN_TOKEN_VAR, LocalRunner, RunSpec
+from server.run.runner import LocalRunner, RunSpec
 from server.run.sandbox import View
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
@@ -76,18 +80,6 @@ def gpus_free() -> float:
     import ray
 
     return float(ray.available_resources().get("GPU", 0.0))  # type: ignore[no-untyped-call]
-
-
-def with_token(token: str) -> list[psutil.Process]:
-    """Live processes that carry the run's token in their environment."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(RUN_TOKEN_VAR) == token:
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def scratch_left(token: str) -> list[Path]:
@@ -206,13 +198,50 @@ def test_a_returned_tar_writes_only_inside_the_shipped_folders(tmp_path: Path) -
     assert not (tmp_path / "run" / "log.txt").exists() and not list(tmp_path.glob("escaped*"))
 
 
-def test_a_worker_without_the_dataset_or_bubblewrap_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = spec_in(tmp_path)
-    assert unfit(spec, None) is None
-    assert "no prepared dataset at /nowhere/tiny" in (unfit(spec, Path("/nowhere/tiny")) or "")
+def test_a_worker_without_bubblewrap_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert unfit(spec_in(tmp_path)) is None
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    message = unfit(spec_in(tmp_path, View()), None) or ""
+    message = unfit(spec_in(tmp_path, View())) or ""
     assert message.startswith("bwrap: bubblewrap is not installed on the Ray worker")  # classified sandbox_failed
+
+
+def test_the_dataset_is_sent_once_checked_and_split_by_who_may_read_it(
+    cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scenario: Ray / a node's dataset cache: the training files go to one folder, the evaluator's to another
+    (the training files linked, not sent again), a second request sends nothing, a changed file is sent again,
+    a file that does not match meta.json is refused"""
+    data = tmp_path / "server-cache" / "tiny"
+    data.mkdir(parents=True)
+    contents = {"train.bin": b"t" * 3000, "val.bin": b"v" * 500, "tokenizer.json": b"{}"}
+    for name, body in contents.items():
+        (data / name).write_bytes(body)
+    sums = {name: {"sha256": hashlib.sha256(body).hexdigest()} for name, body in contents.items()}
+    (data / "meta.json").write_text(json.dumps({"outputs": sums}))
+    monkeypatch.setenv(ray_data.CACHE_VAR, str(tmp_path / "node-cache"))
+    monkeypatch.setattr(ray_data, "CHUNK_BYTES", 1024)  # three chunks for train.bin
+    shelf, train_files = ray_data.Shelf(), ["train.bin", "tokenizer.json", "meta.json"]
+
+    first = ray_data.receive(shelf.ship(data, train_files))
+    assert first.fetched == 3002 and sorted(p.name for p in first.folder.iterdir()) == [
+        ".verified.json", "meta.json", "tokenizer.json", "train.bin"]  # fmt: skip
+    assert (first.folder / "train.bin").read_bytes() == contents["train.bin"]
+    assert ray_data.receive(shelf.ship(data, train_files)).fetched == 0
+    evaluation = ray_data.receive(shelf.ship(data, None))
+    assert evaluation.fetched == 500 and (evaluation.folder / "val.bin").is_file()
+    assert (evaluation.folder / "train.bin").stat().st_ino == (first.folder / "train.bin").stat().st_ino
+    assert not (first.folder / "val.bin").exists()
+
+    (first.folder / "train.bin").write_bytes(b"x" * 3000)  # an unsandboxed run rewrote the cached copy
+    assert ray_data.receive(shelf.ship(data, train_files)).fetched == 3000
+    assert (first.folder / "train.bin").read_bytes() == contents["train.bin"]
+
+    (data / "train.bin").write_bytes(b"y" * 3000)  # the server's copy no longer matches its meta.json
+    damaged = ray_data.Shelf().ship(data, train_files)
+    monkeypatch.setenv(ray_data.CACHE_VAR, str(tmp_path / "another-node"))
+    with pytest.raises(ray_data.DataError, match="train.bin arrived with sha256"):
+        ray_data.receive(damaged)
+    assert not list((tmp_path / "another-node").glob("*/train/tiny/train.bin")), "nothing unchecked is left"
 
 
 # -- runs on a cluster ---------------------------------------------------------------------------------------

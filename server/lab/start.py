@@ -18,7 +18,7 @@ from server.lab import caps
 from server.lab.edits import Edit, fingerprint, merge3, refuse_own_seeds, validate_source
 from server.lab.tag import SHORT_WAIT_S, Tag
 from server.run.pipeline import Candidate, Warm, make_candidate, repeat
-from server.run.runner import Execution, kill_by_token
+from server.run.runner import Execution
 from server.schema import SlotInfo
 from server.store import pins
 from server.store.history import RunRecord
@@ -145,7 +145,7 @@ class StartPolicy(Tag):
     def _take_slot(self) -> Slot:
         slot, stale = self.slots.take()
         if stale is not None and stale.token:  # a dead owner's run: its processes go before a new one starts
-            killed = kill_by_token(stale.token)
+            killed = self.runner.sweep(stale.token)
             log.warning("slot %d: killed %d process(es) of run %s of a dead owner", slot.index, killed, stale.run_id)
             run = self.history.get(stale.run_id) if stale.run_id is not None else None
             if run is not None and run.status == "running" and stale.tag == self.config.tag:

@@ -21,7 +21,7 @@ from server.run import sandbox
 from server.run.isolation import Places
 from server.run.pipeline import RunContext
 from server.run.ray_runner import runner_for
-from server.run.runner import Runner, kill_by_token
+from server.run.runner import Runner
 from server.schema import SlotInfo
 from server.store import gitops, pins
 from server.store.history import History, RunRecord, atomic_write, best_run, now
@@ -82,7 +82,7 @@ class Tag:
         left = [*self.slots.sweep(), SlotInfo.from_json(held.stale)]  # the lock's: from an older version
         for stale in left:
             if stale.is_run and stale.token:
-                killed = kill_by_token(stale.token)
+                killed = self.runner.sweep(stale.token)
                 log.warning("recovered run %s of a dead owner; killed %d process(es)", stale.run_id, killed)
         flying = self.slots.live()
         if any(info.unreadable for info in flying):

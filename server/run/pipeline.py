@@ -130,7 +130,8 @@ def run_spec(
     env = slot_env(config, device, run_env(config, places, scratch, output, seed))
     view = run_view(config, places, snapshot, output, scratch) if config.sandbox == "bwrap" else None
     return RunSpec(config.argv(), snapshot, env, log, config.hard_timeout, token, config.kill_grace,
-                   config.max_log_bytes, view, config.memory_limit_mb, config.max_processes)  # fmt: skip
+                   config.max_log_bytes, view, config.memory_limit_mb, config.max_processes,
+                   tuple(config.train_files))  # fmt: skip
 
 
 def launch(ctx: RunContext, candidate: Candidate, spare: spares.Spare | None = None) -> Execution:

@@ -25,6 +25,7 @@ from typing import Any
 
 from server.config import CONFIG_NAME, Config
 from server.errors import ConfigError
+from server.run.ray_data import Shelf
 from server.run.ray_worker import (
     Finished,
     Message,
@@ -38,7 +39,16 @@ from server.run.ray_worker import (
     unpack,
     work,
 )
-from server.run.runner import LocalRunner, Outcome, Runner, RunSpec, StopReason, _CappedLog, _Clock, on_kill_all
+from server.run.runner import (
+    LocalRunner,
+    Outcome,
+    Runner,
+    RunSpec,
+    StopReason,
+    _CappedLog,
+    _Clock,
+    on_kill_all,
+)
 from server.run.summary import Progress, parse_progress
 
 log = logging.getLogger("autoresearch")
@@ -46,23 +56,26 @@ BACKSTOP_S = 30.0  # past the worker's own wall-clock limit and kill grace, the 
 SWEEP_WAIT_S = 20.0  # for the task that kills what a cancelled worker left behind
 _IN_FLIGHT: dict[int, RayExecution] = {}  # tasks of this process not yet collected, for kill_all_now
 _REMOTE: dict[str, Any] = {}  # the remote functions, made once a cluster is connected
+SHELF = Shelf()  # the dataset's files in the object store, put once for every run of this server
 
 
 def runner_for(config: Config) -> Runner:
     """The runner the human's configuration names."""
     if config.runner == "ray":
-        return RayRunner(config.ray_address, config.ray_num_gpus, config.ray_num_cpus)
+        return RayRunner(config.ray_address, config.ray_num_gpus, config.ray_num_cpus, config.ray_resources)
     return LocalRunner()
 
 
 class RayRunner:
     """Runs experiments as Ray tasks; connects to the cluster on the first run (health checks never do)."""
 
-    def __init__(self, address: str = "", num_gpus: float = 1.0, num_cpus: float = 1.0) -> None:
+    def __init__(self, address: str = "", num_gpus: float = 1.0, num_cpus: float = 1.0,
+                 resources: dict[str, float] | None = None) -> None:  # fmt: skip
         if importlib.util.find_spec("ray") is None:
             raise ConfigError(f'runner = "ray" in {CONFIG_NAME} needs Ray: pip install "autoresearch-mcp[ray]" '
                               '(or set runner = "local")')  # fmt: skip
         self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
+        self.resources = dict(resources or {})
         on_kill_all(cancel_all)
 
     def start(self, spec: RunSpec) -> RayExecution:
@@ -72,7 +85,25 @@ class RayRunner:
             where = f"at {self.address!r}" if self.address else "(RAY_ADDRESS, or a new one on this machine)"
             raise ConfigError(f"could not join the Ray cluster {where}: {str(exc).strip()[:300]}; the human must "
                               f"start it or fix ray_address in {CONFIG_NAME}: stop and tell them") from exc  # fmt: skip
-        return RayExecution(spec, self.num_gpus, self.num_cpus)
+        return RayExecution(spec, self.num_gpus, self.num_cpus, self.resources)
+
+    def sweep(self, token: str) -> int:
+        """Recovery after the server died with runs in flight: Ray ended the dead driver's tasks (and a
+        sandboxed run with its worker); what an unsandboxed run left on any node is killed here, on every live
+        node, with the run's folders there. Its result never arrived, so the run is recorded interrupted once."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        killed = 0  # nothing of a Ray run runs on the server's machine but as a task of a node (the head's too)
+        try:
+            connect(self.address)
+            nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]  # type: ignore[no-untyped-call]
+            tasks = [_REMOTE["sweep"].options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                     .remote(token) for node in nodes]  # fmt: skip
+            killed += sum(ray.get(tasks, timeout=SWEEP_WAIT_S))
+        except Exception as exc:  # no cluster now: nothing of it can run either
+            log.warning("could not sweep the Ray cluster for run token %s: %s", token[:8], exc)
+        return killed
 
 
 def connect(address: str = "", **local: Any) -> None:
@@ -81,7 +112,7 @@ def connect(address: str = "", **local: Any) -> None:
     import ray
 
     if not ray.is_initialized():
-        options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+        options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "runtime_env": code()}
         if not address and not os.environ.get("RAY_ADDRESS"):
             options.update(include_dashboard=False, **local)
         check_reachable(address)
@@ -93,6 +124,15 @@ def connect(address: str = "", **local: Any) -> None:
         return
     _REMOTE["work"] = ray.remote(max_retries=0)(work)  # a dead worker is a crash, never silently a rerun
     _REMOTE["sweep"] = ray.remote(max_retries=0, num_cpus=0)(sweep)
+
+
+def code() -> dict[str, Any]:
+    """The server's own code for every task of this driver (Ray's runtime environment): the server package and
+    the experiment folder beside it (the output contract's names are read from its locked prepare.py). A worker
+    needs Ray, torch and bubblewrap; nothing of this repository is installed there."""
+    package = Path(__file__).resolve().parents[1]
+    modules = [package, package.parent / "experiment"]
+    return {"py_modules": [str(path) for path in modules if path.is_dir()], "excludes": ["__pycache__", "*.pyc"]}
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -110,10 +150,13 @@ class RayExecution:
     """One process of a run as a Ray task, seen from the server. pid is the run's process on its node (0 until
     it starts there)."""
 
-    def __init__(self, spec: RunSpec, num_gpus: float, num_cpus: float) -> None:
+    def __init__(
+        self, spec: RunSpec, num_gpus: float, num_cpus: float, resources: dict[str, float] | None = None
+    ) -> None:
         self.spec, self.pid = spec, 0
         self.node_id: str | None = None
         self.host: str | None = None
+        self.fetched = 0  # bytes of the dataset sent to the node for this process (0: it had them)
         self.submitted = time.monotonic()
         self.started: float | None = None  # when the worker said the run started (this machine's clock)
         self.arrivals = _Clock()  # marker lines stamped as they arrive here: the worker's stamps plus streaming
@@ -127,9 +170,13 @@ class RayExecution:
         self._log = _CappedLog(spec.log_path, spec.max_log_bytes)
         self._base = spec.cwd.parent
         self._names = shipped(spec, self._base)
-        shipment = Shipment(spec, self._base, pack(self._base, self._names), sys.executable, dataset(spec))
+        data = dataset(spec)
+        ship = SHELF.ship(data, spec.data_files) if data is not None and (data / "meta.json").is_file() else None
+        files = pack(self._base, self._names)
+        shipment = Shipment(spec, self._base, files, sys.executable, ship, tuple(self._names))
         name = f"autoresearch-{spec.cwd.name}-{spec.token[:8]}"
-        self._task = _REMOTE["work"].options(num_gpus=num_gpus, num_cpus=num_cpus, name=name).remote(shipment)
+        options = {"num_gpus": num_gpus, "num_cpus": num_cpus, "resources": resources or {}, "name": name}
+        self._task = _REMOTE["work"].options(**options).remote(shipment)
         self._done = threading.Event()
         _IN_FLIGHT[id(self)] = self
         self._puller = threading.Thread(target=self._pull, name=f"ray-{name}", daemon=True)
@@ -149,7 +196,13 @@ class RayExecution:
     def _take(self, message: Message) -> None:
         if isinstance(message, Started):
             self.pid, self.node_id, self.host, self.started = message.pid, message.node_id, message.host, self.elapsed()
+            self.fetched = message.fetched
             log.info("run process %s started on Ray node %s (%s)", self.spec.cwd.name, self.host, self.node_id[:12])
+            if message.fetched:
+                self._note(
+                    f"the dataset's files for this process came to Ray node {self.host} ({self.node_id[:12]}): "
+                    f"{message.fetched / 1e6:.1f} MB in {message.fetch_seconds:.2f} s; cached there by content"
+                )
         elif isinstance(message, Output):
             self.delays.append(time.time() - message.sent)
             self._feed(message.data)

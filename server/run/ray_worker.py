@@ -1,10 +1,11 @@
 """What runs on a Ray worker for one process of a run (server/run/ray_runner.py is the server's side).
 
-The run's folders are shipped as a tar and unpacked in a temporary folder; the spec's paths that point into
-the run's folder are moved there, shared caches to a cache folder of the worker; then the same LocalExecution
-as on the server's machine runs it (sandbox, limits, clock, kill), its output is streamed back as it comes, and
-the files the run wrote or changed go home as another tar. Everything else a run reads (the interpreter, the
-prepared dataset) must exist on the worker at the same path (deploy/ray/README.md).
+The run's folders are shipped as a tar and unpacked in a temporary folder; the prepared dataset comes through
+the object store into the node's own cache (server/run/ray_data.py); the spec's paths that point into the
+run's folder or the dataset are moved there, shared caches to a cache folder of the worker; then the same
+LocalExecution as on the server's machine runs it (sandbox, limits, clock, kill), its output is streamed back
+as it comes, and the files the run wrote or changed go home as another tar. The code is the server's own,
+sent with Ray's runtime environment; the worker needs Ray, torch and bubblewrap (deploy/ray/README.md).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from hashlib import sha1
 from pathlib import Path
 
 from server.run import sandbox
+from server.run.ray_data import DataError, DataShip, Received, cache_root, receive
 from server.run.runner import LocalExecution, Outcome, RunSpec, kill_by_token
 
 STREAM_WAIT_S = 0.05  # how long the worker waits for more output before it checks whether the run ended
 CACHE_DIR = "autoresearch-ray-cache"  # under the worker's temp folder: compile caches, kept across runs
-UNFIT_EXIT = 127  # the run could not start on this worker (no bubblewrap, no dataset)
+UNFIT_EXIT = 127  # the run could not start on this worker (no bubblewrap, the dataset did not arrive intact)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class Shipment:
     base: Path  # the run's folder on the server: shipped folders are relative to it
     files: bytes  # a tar of the shipped folders
     python: str  # the server's interpreter (the worker runs its own in its place)
-    data: Path | None = None  # the prepared dataset, when the server has one: the worker needs it too
+    data: DataShip | None = None  # the prepared dataset's files this process may read, when the server has one
+    names: tuple[str, ...] = ()  # the shipped folders (found on the server: its paths do not exist here)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class Started:
     pid: int  # the run's process on its node
     node_id: str
     host: str
+    fetched: int = 0  # bytes of the dataset that came through the object store for this process
+    fetch_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,11 @@ class Mover:
     """The server's paths, moved to the worker: the run's folder to root, writable folders outside it (the
     compile cache) to a cache folder of the worker; everything else stays where it is."""
 
-    def __init__(self, base: Path, root: Path, spec: RunSpec) -> None:
+    def __init__(self, base: Path, root: Path, spec: RunSpec, data: Received | None = None) -> None:
         self.base, self.root = base, root
+        self.data: dict[Path, Path] = {}  # the server's data cache: the dataset's folders on this node
+        if data is not None and spec.env.get("AUTORESEARCH_CACHE", "").startswith("/"):
+            self.data = {Path(spec.env["AUTORESEARCH_CACHE"]): data.folder.parent}
         outside = [p for p in spec.view.writable if not self._inside(p)] if spec.view else []
         outside += [Path(v) for k, v in spec.env.items() if k.endswith("_CACHE_DIR") and v.startswith("/")]
         caches = Path(tempfile.gettempdir()) / CACHE_DIR
@@ -137,7 +145,7 @@ class Mover:
     def path(self, path: Path) -> Path:
         if self._inside(path):
             return self.root / path.relative_to(self.base)
-        for cache, there in self.caches.items():
+        for cache, there in [*self.data.items(), *self.caches.items()]:
             if path == cache or cache in path.parents:
                 return there / path.relative_to(cache)
         return path
@@ -146,9 +154,11 @@ class Mover:
         return str(self.path(Path(value))) if value.startswith("/") and self.path(Path(value)) != Path(value) else value
 
     def view(self, view: sandbox.View, python_moved: bool) -> sandbox.View:
-        """The view with moved paths; the worker's home hidden too; its own interpreter where it has another."""
+        """The view with moved paths; the worker's home and dataset cache hidden too; its own interpreter where it
+        has another."""
         home = Path(os.environ.get("HOME") or "/")
-        hide = [*view.hide, *([home] if home.is_dir() and home != Path("/") else [])]
+        hide = [*view.hide, cache_root()]
+        hide += [home] if home.is_dir() and home != Path("/") else []
         read_only = [self.path(p) for p in view.read_only]
         if python_moved:  # never the folders that hold hidden ones (the server's checkout on Ray's sys.path)
             read_only += [p for p in sandbox.interpreter_paths() if not any(p == h or p in h.parents for h in hide)]
@@ -158,9 +168,9 @@ class Mover:
                        locked=[self.path(p) for p in view.locked])  # fmt: skip
 
 
-def localize(shipment: Shipment, root: Path) -> RunSpec:
+def localize(shipment: Shipment, root: Path, data: Received | None = None) -> RunSpec:
     """The spec with the worker's paths, its interpreter and the GPUs Ray gave this task."""
-    spec, mover = shipment.spec, Mover(shipment.base, root, shipment.spec)
+    spec, mover = shipment.spec, Mover(shipment.base, root, shipment.spec, data)
     argv = [sys.executable if part == shipment.python else mover.text(part) for part in spec.argv]
     env = {name: mover.text(value) for name, value in spec.env.items() if name != "CUDA_VISIBLE_DEVICES"}
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # Ray's choice for this task, not the server's own devices
@@ -175,16 +185,11 @@ def dataset(spec: RunSpec) -> Path | None:
     return Path(cache) / name if cache and name and (Path(cache) / name).is_dir() else None
 
 
-def unfit(spec: RunSpec, data: Path | None) -> str | None:
+def unfit(spec: RunSpec) -> str | None:
     """Why this worker cannot run the spec, in a line for the run's log, or None."""
-    host = socket.gethostname()
     if spec.view is not None and sandbox.bwrap_path() is None:
+        host = socket.gethostname()
         return f"bwrap: bubblewrap is not installed on the Ray worker {host}; {sandbox.INSTALL_HINT} on every worker"
-    if data is not None and not data.is_dir():
-        return (
-            f"[autoresearch: the Ray worker {host} has no prepared dataset at {data}; it must exist "
-            "at the same path on every worker (deploy/ray/README.md); not train.py's fault: tell the human]"
-        )
     return None
 
 
@@ -192,41 +197,50 @@ def work(shipment: Shipment) -> Iterator[Message]:
     """The Ray task (a streaming generator): Started, Output chunks as they come, then Finished."""
     root = Path(tempfile.mkdtemp(prefix=scratch_prefix(shipment.spec.token)))
     try:
-        names = shipped(shipment.spec, shipment.base)
+        names = list(shipment.names)
         unpack(shipment.files, root)
         before = manifest(root)
-        spec = localize(shipment, root)
-        problem = unfit(spec, shipment.data)
+        try:
+            data = receive(shipment.data) if shipment.data is not None else None
+        except (DataError, OSError) as exc:
+            where = f"the Ray worker {socket.gethostname()}"
+            yield Output(f"[autoresearch: the dataset could not be set up on {where}: {exc}; not train.py's "
+                         "fault: tell the human]\n".encode())  # fmt: skip
+            yield Finished(Outcome("exited", UNFIT_EXIT, 0.0), b"", [])
+            return
+        spec = localize(shipment, root, data)
+        problem = unfit(spec)
         if problem is not None:
             yield Output(problem.encode() + b"\n")
             yield Finished(Outcome("exited", UNFIT_EXIT, 0.0), b"", [])
             return
-        outcome = yield from _stream(spec)
+        outcome = yield from _stream(spec, data)
         yield Finished(outcome, *changes(root, names, before))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _stream(spec: RunSpec) -> Generator[Message, None, Outcome]:
+def _stream(spec: RunSpec, data: Received | None) -> Generator[Message, None, Outcome]:
     import ray
 
     chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
     execution = LocalExecution(spec, on_output=chunks.put)
     outcome = None
     try:
-        yield Started(execution.pid, ray.get_runtime_context().get_node_id(), socket.gethostname())
+        node, fetched = ray.get_runtime_context().get_node_id(), (data.fetched, data.seconds) if data else (0, 0.0)
+        yield Started(execution.pid, node, socket.gethostname(), *fetched)
         while outcome is None:
-            data = _drain(chunks, STREAM_WAIT_S)
-            if data:
-                yield Output(data, time.time())
+            chunk = _drain(chunks, STREAM_WAIT_S)
+            if chunk:
+                yield Output(chunk, time.time())
             outcome = execution.wait(0.0)
     finally:
         if outcome is None:  # the generator was closed (its task cancelled): the run must not outlive it
             execution.kill("cancelled")
             execution.wait(0.0)
-    data = _drain(chunks, 0.0)
-    if data:
-        yield Output(data, time.time())
+    chunk = _drain(chunks, 0.0)
+    if chunk:
+        yield Output(chunk, time.time())
     return outcome
 
 
@@ -248,9 +262,9 @@ def scratch_prefix(token: str) -> str:
 
 
 def sweep(token: str) -> int:
-    """A Ray task on the run's node: kill what a killed worker left behind (an unsandboxed run's processes)
-    and remove its folder."""
-    killed = kill_by_token(token)
+    """A Ray task on the run's node (or on every node, in recovery): kill what a killed worker left behind (an
+    unsandboxed run's processes, its evaluators') and remove its folders."""
+    killed = sum(kill_by_token(t) for t in [token, f"{token}-eval-val", f"{token}-eval-holdout"])
     for folder in Path(tempfile.gettempdir()).glob(scratch_prefix(token) + "*"):
         shutil.rmtree(folder, ignore_errors=True)
     return killed

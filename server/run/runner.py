@@ -48,6 +48,7 @@ class RunSpec:
     view: sandbox.View | None = None  # None: unsandboxed (sandbox = "off")
     memory_limit_mb: float = 0.0  # 0: no limit
     max_processes: int = 0  # 0: no limit
+    data_files: tuple[str, ...] | None = None  # the dataset's files this process may read; None: all (the evaluator)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Execution(Protocol):
 
 class Runner(Protocol):
     def start(self, spec: RunSpec) -> Execution: ...
+    def sweep(self, token: str) -> int: ...
 
 
 class LocalRunner:
@@ -91,6 +93,10 @@ class LocalRunner:
 
     def start(self, spec: RunSpec) -> LocalExecution:
         return LocalExecution(spec)
+
+    def sweep(self, token: str) -> int:
+        """Kill what is left of a run whose owner died (recovery): its processes, by its token."""
+        return kill_by_token(token)
 
 
 @dataclass

@@ -5,10 +5,20 @@ from __future__ import annotations
 import ast
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-LOCKED_PREPARE = Path(__file__).resolve().parents[2] / "experiment" / "prepare.py"  # the server's checkout's
+
+def _locked_prepare() -> Path:
+    """The server's checkout's experiment/prepare.py; on a Ray worker, where the server's code arrived as a
+    module of its own (runtime_env py_modules), the experiment folder that came with it on the import path."""
+    beside = Path(__file__).resolve().parents[2] / "experiment" / "prepare.py"
+    shipped = (Path(entry) / "experiment" / "prepare.py" for entry in sys.path if entry)
+    return next((path for path in [beside, *shipped] if path.is_file()), beside)
+
+
+LOCKED_PREPARE = _locked_prepare()
 CONTRACT_NAMES = ("MARK_START", "MARK_END", "MARK_SAVED", "MODEL_FILE", "EXPORT_ERROR_FILE")
 
 
