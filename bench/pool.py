@@ -55,11 +55,13 @@ class Pool:
         return [Edit("METRIC = 1.0", f"METRIC = {1.0 + self.made * 1e-4:.4f}")]
 
 
-def make_pool(work: Path, runner: str, slots: int, budget: float) -> Pool:
-    """The sleep experiment in a fresh repository with `slots` slots, its baseline run and kept."""
+def make_pool(work: Path, runner: str, slots: int, budget: float, ray_config: str = "") -> Pool:
+    """The sleep experiment in a fresh repository with `slots` slots, its baseline run and kept; ray_config:
+    more keys for runner = "ray" (the cluster's address, the resources runs ask for)."""
     repo = fake_repo(work / f"{runner}-{slots}", "sleep", budget)
     config = repo.path / "autoresearch.toml"
-    extra = f"slots = {slots}\n" + ('runner = "ray"\nray_num_gpus = 1\nray_num_cpus = 1\n' if runner == "ray" else "")
+    ray = 'runner = "ray"\nray_num_gpus = 1\nray_num_cpus = 1\n' + ray_config
+    extra = f"slots = {slots}\n" + (ray if runner == "ray" else "")
     config.write_text(config.read_text().replace("[autoresearch]\n", f"[autoresearch]\n{extra}"))
     git(repo.path, "commit", "-qam", f"{slots} slot(s) on {runner}")
     lab = Lab(repo.path, load_config(repo.path))

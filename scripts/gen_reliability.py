@@ -30,6 +30,7 @@ AREAS = [  # the issue's order; a scenario in another area is an error, so typos
     "Pool",
     "Clients",
     "Noise",
+    "Cluster",
 ]
 SCENARIO = re.compile(r"^Scenario:\s*(?P<area>[^/]+?)\s*/\s*(?P<text>.+)$", re.S)
 

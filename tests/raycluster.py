@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ class LocalCluster:
         self.store = object_store_bytes
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": auth_token()}
         self.env.pop("RAY_ADDRESS", None)
+        # Ray's session folder holds unix sockets, whose paths may not pass 107 bytes: a short folder of its own
+        self.temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
         self.head: Node | None = None
         self.workers: list[Node] = []
 
@@ -82,7 +85,7 @@ class LocalCluster:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         args = ["--head", "--port", str(self.port), "--num-cpus", "1", "--num-gpus", "0",
-                "--include-dashboard", "false", "--temp-dir", str(self.folder / "ray"),
+                "--include-dashboard", "false", "--temp-dir", str(self.temp),
                 "--system-config", json.dumps(FAST_HEALTH)]  # fmt: skip
         self.head = self._spawn("head", [RAY, "start", *self._common(), *args])
         self.wait_nodes(1)
@@ -124,8 +127,11 @@ class LocalCluster:
 
     def alive_nodes(self) -> int:
         """Nodes the head counts alive (asked with the CLI, so the caller need not be a driver)."""
-        done = subprocess.run([sys.executable, "-c", _COUNT, self.address], env=self.env, capture_output=True,
-                              text=True, timeout=60)  # fmt: skip
+        try:
+            done = subprocess.run([sys.executable, "-c", _COUNT, self.address], env=self.env, capture_output=True,
+                                  text=True, timeout=60)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return -1
         return int(done.stdout.strip() or -1)
 
     def wait_nodes(self, count: int, seconds: float = 90.0) -> None:
@@ -160,7 +166,7 @@ class LocalCluster:
             for proc in tree:
                 with contextlib.suppress(psutil.Error):
                     proc.kill()
-        shutil.rmtree(self.folder / "ray", ignore_errors=True)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 _COUNT = """

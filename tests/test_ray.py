@@ -208,7 +208,7 @@ def test_a_worker_without_bubblewrap_says_so(tmp_path: Path, monkeypatch: pytest
 def test_the_dataset_is_sent_once_checked_and_split_by_who_may_read_it(
     cluster: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Scenario: Ray / a node's dataset cache: the training files go to one folder, the evaluator's to another
+    """Scenario: Cluster / a node's dataset cache: the training files go to one folder, the evaluator's to another
     (the training files linked, not sent again), a second request sends nothing, a changed file is sent again,
     a file that does not match meta.json is refused"""
     data = tmp_path / "server-cache" / "tiny"

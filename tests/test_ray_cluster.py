@@ -100,7 +100,7 @@ def wait_started(active: ActiveRun, seconds: float = 60.0) -> RayExecution:
 
 
 def test_a_worker_node_sees_nothing_of_the_server(cluster: LocalCluster, tmp_path: Path) -> None:
-    """Scenario: Ray / a worker node of the test cluster sees neither the repository, the server's state, the
+    """Scenario: Cluster / a worker node of the test cluster sees neither the repository, the server's state, the
     data cache nor the project's source, yet imports the server's code (it came through the runtime env)"""
     marker = tmp_path / "state-marker"
     marker.write_text("server state")
@@ -145,7 +145,7 @@ AUTORESEARCH_DATASET = "tiny"
 
 @pytest.mark.slow
 def test_the_dataset_travels_once_per_node_and_the_validation_split_only_to_the_evaluator(tiny_repo: Path) -> None:
-    """Scenario: Ray / the real experiment trains and is scored on a node that shares nothing; the dataset
+    """Scenario: Cluster / the real experiment trains and is scored on a node that shares nothing; the dataset
     comes through the object store, checked against meta.json; a second run transfers nothing; the training
     files' folder on the node never holds the validation or holdout split"""
 
@@ -183,7 +183,7 @@ def test_the_dataset_travels_once_per_node_and_the_validation_split_only_to_the_
 
 @pytest.mark.slow
 def test_a_damaged_copy_is_refused_by_its_checksum(cluster: LocalCluster, tiny_repo: Path, tmp_path: Path) -> None:
-    """Scenario: Ray / a dataset file that does not match meta.json's sha256 is refused on the worker, with a
+    """Scenario: Cluster / a dataset file that does not match meta.json's sha256 is refused on the worker, with a
     line naming the file; the run does not train on it"""
     train = tmp_path / "cache" / "tiny" / "train.bin"
     data = bytearray(train.read_bytes())
@@ -216,7 +216,7 @@ def live(cluster: LocalCluster, name: str) -> Node:
 def test_a_killed_node_is_a_crash_then_a_live_node_and_a_late_one_take_the_runs(
     cluster: LocalCluster, sleep_lab: Lab
 ) -> None:
-    """Scenario: Ray / a worker node killed mid-run records the run crash with its log so far and frees its
+    """Scenario: Cluster / a worker node killed mid-run records the run crash with its log so far and frees its
     slot; the next run goes to a live node; a node that joins later is used"""
     cluster.add_worker("b", slots=2)
     active = sleep_lab.start_run("on a node about to die")
@@ -263,7 +263,7 @@ lab.run("in flight when the server dies")
 
 @pytest.mark.slow
 def test_a_restarted_server_recovers_its_runs_in_flight_on_the_cluster(cluster: LocalCluster, sleep_lab: Lab) -> None:
-    """Scenario: Ray / the server killed while its run is a task on a node, its Ray worker killed with it (no
+    """Scenario: Cluster / the server killed while its run is a task on a node, its Ray worker killed with it (no
     clean-up ran anywhere): the restarted server kills what the run left on every node (an unsandboxed run and
     its child in a session of its own) and records the run interrupted once, with the log that arrived"""
     sleep_lab.write(ESCAPING)
