@@ -57,6 +57,12 @@ def auth_token() -> str:
     return default.read_text().strip() if default.is_file() else secrets.token_hex(32)
 
 
+def driver_env() -> dict[str, str]:
+    """What a driver needs in its environment to join these clusters: set before Ray is first imported in the
+    process (it reads the authentication mode once)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": auth_token()}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -80,7 +86,7 @@ class LocalCluster:
 
     def driver_env(self) -> dict[str, str]:
         """What a driver (the server) needs in its environment to join."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.env["RAY_AUTH_TOKEN"]}
+        return driver_env()
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

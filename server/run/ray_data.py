@@ -75,6 +75,11 @@ class Shelf:
         self._parts: dict[tuple[str, str], Part] = {}
         self._lock = threading.Lock()
 
+    def forget(self) -> None:
+        """A new connection: references of an earlier one mean nothing to it."""
+        with self._lock:
+            self._parts.clear()
+
     def ship(self, data: Path, files: Sequence[str] | None) -> DataShip:
         """The dataset at data for a process that may read `files` of it (None: all of them)."""
         try:

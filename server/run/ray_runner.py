@@ -118,6 +118,7 @@ def connect(address: str = "", **local: Any) -> None:
         check_reachable(address)
         on_term = signal.getsignal(signal.SIGTERM)
         ray.init(address=address or None, **options)
+        SHELF.forget()
         if threading.current_thread() is threading.main_thread():  # ray.init replaces it there: the server's
             signal.signal(signal.SIGTERM, on_term)  # handler must still kill the runs (kill_all_now) on SIGTERM
     if _REMOTE:
