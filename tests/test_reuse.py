@@ -90,13 +90,15 @@ def test_a_model_fitted_to_validation_text_is_refused_by_the_holdout_gate(lab: L
     """Scenario: Noise / a train.py that carries validation-like text as a literal and trains on it: its
     validation gain is far beyond the noise, but the holdout does not confirm it; keep refuses with a
     sentence, asking again gives the same answer, force with a reason passes and is marked"""
+    # 6 s, not the tiny lab's 2 s: on a loaded machine 2 s trained a step or two and neither model learnt anything
+    lab.config = lab.config.model_copy(update={"time_budget": 6.0})
     baseline = lab.run("baseline")
     lab.keep()
     assert lab.history.get(baseline.id).holdout_metric is not None  # type: ignore[union-attr]
     lab.write(fitted_to_validation())
     run = lab.run("train on the validation text")
     assert run.status == "ok" and run.metric is not None and baseline.metric is not None
-    assert run.metric < baseline.metric - 0.2  # validation is fooled: a large gain
+    assert run.metric < baseline.metric - 0.2, (run.metric, baseline.metric, run.timing)  # validation is fooled
     for _ in range(2):  # the answer is drawn once: asking again cannot redraw the noise
         with pytest.raises(StateError, match="does not hold on the holdout"):
             lab.keep(run.id)
