@@ -1,5 +1,5 @@
-"""The holdout check: every kept run's model is scored on a split no run and no agent ever sees, and a kept
-gain on validation that does not show on the holdout is flagged to the human.
+"""The holdout check: a run's model is scored on a split no run and no agent ever sees; whether its validation
+gain holds there is the keep gate's question (server/lab/reuse.py, Thresholdout), and a disagreement is noted.
 
 The figures live in the history only (RunRecord.holdout_metric, holdout_note); views.py leaves them out of
 every tool result, and the evaluator's log goes to runs/<id>/eval-holdout.log, which no view reads.
