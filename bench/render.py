@@ -103,7 +103,23 @@ def throughput(r: dict[str, Any]) -> str:
         "Where an iteration goes (seconds; share of the median iteration):",
         table(["phase", "seconds", "share"], rows),
         *_eval_stages(r.get("eval_stages", {})),
+        *_floor(r.get("scoring_floor"), r["target_percent"]),
     ])  # fmt: skip
+
+
+def _floor(f: dict[str, Any] | None, target: float) -> list[str]:
+    """bench/scoring_floor.py's figures: the least scoring can take here, and the loop at that floor."""
+    if not f:
+        return []
+    if "error" in f:
+        return [f"The scoring floor was not measured: {' '.join(f['error'])}"]
+    rates = ", ".join(f"{name} {rate:g}" for name, rate in f["matmul_gflops"].items() if rate)
+    return [f"The scoring's floor on this machine (`bench/scoring_floor.py` on the last iteration's model): "
+            f"{f['gflop']:g} GFLOP of matrix products ({f['rows']} rows in {f['batches']} batches) at the best "
+            f"{f['precision']} product rate measured here (GFLOP/s: {rates}, {f['threads']} threads) take "
+            f"{f['floor_s']:g} s, against the scoring's measured time above. With scoring at that floor and "
+            f"every other phase as measured, the loop would reach {fmt(f['best_percent'], 1, '%')} of the limit; "
+            f"the target of {target:g}% leaves scoring {fmt(f['scoring_allowed_s'])} s."]  # fmt: skip
 
 
 def _setup(setup: dict[str, float] | None) -> list[str]:

@@ -29,6 +29,9 @@ def test_quick_suite_writes_every_figure(tmp_path: Path) -> None:
         assert results["overhead"][case]["added"]["n"] >= 1
         assert results["overhead"][case]["status_ok"]["median"] == 1.0
     assert results["throughput"]["percent_of_limit"]["n"] >= 1
+    floor, scored = results["throughput"]["scoring_floor"], results["throughput"]["eval_stages"]["val_score"]
+    assert floor["gflop"] > 0 and 0 < floor["floor_s"] <= scored["min"], floor  # a floor is below what was measured
+    assert "The scoring's floor on this machine" in markdown
     assert results["context"]["scripted"]["crashed"]["ours"]["bytes"] > 0
     assert results["context"]["hundred"]["history_100_bytes"] > 0
     for part, script in (("quality", "bench_quality.py"), ("data", "bench_data.py")):
