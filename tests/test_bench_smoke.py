@@ -75,3 +75,27 @@ def test_a_merge_keeps_each_parts_own_provenance_and_drops_parts_without(bench: 
 
 def test_benchmarks_read_summaries_with_the_servers_parser(bench: Callable[[str], ModuleType]) -> None:
     assert bench("_common").parse_summary is summary.parse_summary
+
+
+def test_the_extra_training_benchmark_holds_its_gain_to_the_servers_gate(bench: Callable[[str], ModuleType]) -> None:
+    """bench/extra_training.py: the extra it trains is the server's own allowance past the budget plus the
+    outside work, and the gate it compares with is the server's noise band for a one-seed run against a baseline
+    of the default seeds (with exactly that many seeds, the same number)."""
+    from server.config import Config
+    from server.lab import noise
+    from server.run.outcome import allowed_training
+
+    extra = bench("extra_training")
+    default = Config.model_validate({})
+    at_60 = Config.model_validate({"time_budget": 60.0})
+    assert extra.inside_extra(60.0) == pytest.approx(allowed_training(at_60, 99.0) - 60.0)
+    seeds = default.noise_seeds
+    at_budget = [1.99 + 0.01 * i for i in range(seeds)]
+    pairs = [{"gain": 0.004 * (i + 1), "at_budget": v} for i, v in enumerate(at_budget)]
+    res = extra.report(pairs, 60.0, 4.8, 1.6)
+    assert res["gate_one_seed_vs_baseline"] == pytest.approx(
+        noise.noise_band([noise.Group.of(at_budget)], seeds, 1, default.confidence)
+    )
+    mean = sum(p["gain"] for p in pairs) / seeds
+    assert res["gain_mean"] == pytest.approx(mean) and res["gain_upper_95"] > mean
+    assert res["below_gate"] is (res["gain_upper_95"] < res["gate_one_seed_vs_baseline"])

@@ -155,8 +155,8 @@ def test_a_refused_model_is_kept_as_the_evidence_after_discard(lab: Lab) -> None
     """Scenario: Measurement / the refused archive stays in its run folder, discarded or not, so a human can load
     it again and see why (an ok model that is discarded is not needed and goes)"""
     source = (EXPERIMENT / "train.py").read_text().replace("is_causal=True", "is_causal=False")
-    refused, _ = run(lab, source)
-    assert refused.status == "bad_model" and "moved by up to" in (refused.reason or "")
+    refused, _ = run(lab, source)  # refused by the random probes ("moved by up to") or, when their cuts all miss
+    assert refused.status == "bad_model" and "must be causal" in (refused.reason or "")  # it, by the graph's proof
     lab.discard(refused.id)
     assert (lab.history.run_dir(refused.id) / "out" / "model.pt2").is_file()
 
