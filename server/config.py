@@ -67,7 +67,7 @@ class Config(BaseModel):
     time_budget: float = Field(300.0, gt=0, description="seconds of training per experiment")
     timeout: float = Field(0.0, ge=0, description="hard wall-clock limit in seconds; 0 = computed")
     budget_tolerance: float = Field(
-        0.01, ge=0, description="fraction over budget still accepted (with 1 s and the last step: docs/CONTRACT.md)"
+        0.01, ge=0, description="fraction over budget accepted, at least 1 s (docs/CONTRACT.md)"
     )
     startup_allowance: float = Field(
         0.0, ge=0, description="seconds from start to timed training; 0: 60 on a GPU machine, 15 without"

@@ -118,6 +118,22 @@ print("training_seconds: 2.0")
     assert record.metric is None and record.timing["training"] > 6 and "evaluation" not in record.timing
 
 
+@pytest.mark.parametrize("budget", [2.0, 60.0, 300.0])
+def test_a_faked_long_last_step_buys_at_most_the_tolerance(budget: float) -> None:
+    """Scenario: Measurement / a run that withholds its progress lines so that its last step looks long: the
+    server's clock counts that step only up to the tolerance, and a short budget still covers a second of the
+    marker lines' latency"""
+    from server.config import Config
+    from server.run.outcome import allowed_training
+
+    config = Config.model_validate({"time_budget": budget})
+    slack = budget * config.budget_tolerance
+    honest, faked = allowed_training(config, 0.25), allowed_training(config, 100.0)
+    assert faked - allowed_training(config, 0.0) == pytest.approx(slack)  # the fake buys the tolerance, no more
+    assert allowed_training(config, 0.0) == pytest.approx(budget + max(slack, 1.0))
+    assert honest >= budget + 1.0 and faked <= budget + max(slack, 1.0) + slack
+
+
 def test_a_long_start_up_before_timed_training_is_over_budget(lab: Lab) -> None:
     """Scenario: Measurement / a run that trains before it marks the start of timed training (here: sleeps
     past the start-up allowance): over_budget, naming the allowance"""
